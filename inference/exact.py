@@ -1,0 +1,30 @@
+"""Back-end ``exact``: independent draws from the model's closed-form posterior."""
+from __future__ import annotations
+
+import numpy as np
+
+from inference.common import to_chains
+from zoo.problem import Problem
+from zoo.spec import Backend, Fit
+
+
+def fit(problem: Problem, *, seed: int, num_samples: int, num_chains: int, progress=None) -> Fit:
+    """Draw ``num_chains x num_samples`` independent samples from the exact posterior.
+
+    The log evidence log p(data) is reported in the diagnostics.
+    """
+    post = problem.exact()
+    draws = post.sample(np.random.default_rng(seed), num_chains * num_samples)
+    return Fit(
+        posterior=to_chains({k: np.asarray(draws[k]) for k in problem.latent_sites}, num_chains),
+        diagnostics={"log_evidence": post.log_evidence},
+    )
+
+
+BACKEND = Backend(
+    name="exact",
+    fit=fit,
+    options={"num_samples": 1000, "num_chains": 4, "progress": None},
+    summary="independent draws from the closed-form posterior (the yardstick)",
+    applicable=lambda problem: problem.spec.exact_reason(problem.np_hyper),
+)

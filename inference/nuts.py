@@ -1,0 +1,27 @@
+"""Back-end ``nuts``: Pyro's No-U-Turn sampler (adaptive step size and diagonal mass matrix)."""
+from __future__ import annotations
+
+from functools import partial
+
+from pyro.infer import NUTS
+
+from inference.mcmc import MCMC_OPTIONS, continuous_only, run_chains
+from zoo.problem import Problem
+from zoo.spec import Backend, Fit
+
+
+def fit(problem: Problem, *, seed: int, num_samples: int, num_warmup: int, num_chains: int,
+        target_accept: float, jit: bool, progress: bool | None) -> Fit:
+    """Run ``num_chains`` NUTS chains of ``num_warmup`` + ``num_samples`` iterations."""
+    kernel = partial(NUTS, target_accept_prob=target_accept, jit_compile=jit, ignore_jit_warnings=True)
+    return run_chains(problem, kernel, seed=seed, num_samples=num_samples, num_warmup=num_warmup,
+                      num_chains=num_chains, progress=progress)
+
+
+BACKEND = Backend(
+    name="nuts",
+    fit=fit,
+    options=MCMC_OPTIONS,
+    summary="No-U-Turn Hamiltonian Monte Carlo, several chains",
+    applicable=continuous_only,
+)

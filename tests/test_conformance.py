@@ -1,0 +1,125 @@
+"""One conformance suite over every registered model x every back-end that applies to it.
+
+A new model is tested here the moment its line is added to the registry, and the first test
+fails if a module in `models/` is not registered.
+"""
+from __future__ import annotations
+
+import pkgutil
+
+import numpy as np
+import pytest
+
+import models
+import zoo
+from inference.common import log_densities
+from zoo import registry
+from zoo.problem import prepare
+
+# Small settings: these tests check shapes, names and plumbing, not accuracy.
+FAST = {
+    "exact": {"num_samples": 50, "num_chains": 2},
+    "nuts": {"num_samples": 20, "num_warmup": 20, "num_chains": 2},
+    "hmc": {"num_samples": 20, "num_warmup": 20, "num_chains": 2, "num_leapfrog": 3},
+    "svi": {"num_steps": 30, "num_samples": 50, "num_chains": 2, "num_elbo_particles": 100},
+    "importance": {"num_steps": 30, "num_particles": 200, "num_samples": 50, "num_chains": 2},
+    "cavi": {"num_samples": 50, "num_chains": 2},
+}
+
+
+def _pairs():
+    for name, spec in registry.MODELS.items():
+        for backend in registry.backends_for(spec):
+            yield pytest.param(name, backend, id=f"{name}-{backend}")
+
+
+def _data(name):
+    return zoo.simulate(name, seed=0)[0]
+
+
+def test_every_model_module_is_registered():
+    modules = {m.name for m in pkgutil.iter_modules(models.__path__) if not m.name.startswith("_")}
+    registered = {m.__name__.split(".")[-1] for m in registry.MODULES}
+    assert modules == registered, f"modules in models/ but not in zoo/registry.py: {modules - registered}"
+
+
+@pytest.mark.parametrize("name", list(registry.MODELS))
+def test_spec_is_complete(name):
+    spec = zoo.get_model(name)
+    assert spec.name == name
+    assert spec.doc and "Generative story" in spec.doc, "the model docstring tells the generative story"
+    assert spec.seed_section, "the seed section of the notes is named"
+    assert spec.latent_sites
+    data, truth = zoo.simulate(name, seed=0)
+    assert set(spec.latent_sites) <= set(truth)
+    assert set(k for k, v in spec.data.items() if not v.optional) <= set(data)
+
+
+@pytest.mark.parametrize("name, backend", list(_pairs()))
+def test_backend_returns_inference_data(name, backend):
+    data = _data(name)
+    problem = prepare(zoo.get_model(name), data)
+    b = registry.get_backend(problem.spec, backend)
+    reason = b.applicable(problem) if b.applicable else None
+    if reason:
+        with pytest.raises(zoo.ZooError, match="does not apply"):
+            zoo.run(name, backend, data=data, **FAST[backend])
+        return
+    res = zoo.run(name, backend, data=data, seed=1, progress=False, **FAST[backend])
+    post = res.idata.posterior
+    assert res.model == name and res.backend == backend and res.seconds > 0
+    for site in problem.latent_sites:
+        assert site in post, f"posterior lacks latent site {site}"
+        assert post[site].dims[:2] == ("chain", "draw")
+        assert post[site].shape == (2, FAST[backend]["num_samples"]) + problem.sites[site].shape
+        assert np.all(np.isfinite(post[site].values))
+    assert set(res.idata.log_likelihood.data_vars) == set(problem.observed)
+    assert set(res.idata.observed_data.data_vars) == set(problem.observed)
+    assert {"r_hat_max", "ess_bulk_min", "ess_tail_min"} <= set(res.diagnostics)
+
+
+@pytest.mark.parametrize("name", [n for n, s in registry.MODELS.items() if s.exact is not None])
+def test_exact_log_prob_is_the_model_posterior(name):
+    """Bayes' rule with the Pyro model itself: log p(data, theta) - log p_exact(theta | data)
+    is the same constant, the exact log evidence, at every theta."""
+    problem = prepare(zoo.get_model(name), _data(name))
+    post = problem.exact()
+    draws = post.sample(np.random.default_rng(0), 5)
+    log_joint, _ = log_densities(problem, draws)
+    implied = [log_joint[i] - post.log_prob({k: v[i] for k, v in draws.items()}) for i in range(5)]
+    np.testing.assert_allclose(implied, post.log_evidence, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", [b for b in FAST if b != "cavi"])
+def test_same_seed_same_draws(backend):
+    data = _data("normal_known_variance")
+    a = zoo.run("normal_known_variance", backend, data=data, seed=3, **FAST[backend])
+    b = zoo.run("normal_known_variance", backend, data=data, seed=3, **FAST[backend])
+    c = zoo.run("normal_known_variance", backend, data=data, seed=4, **FAST[backend])
+    np.testing.assert_array_equal(a.draws("mu"), b.draws("mu"))
+    assert not np.array_equal(a.draws("mu"), c.draws("mu"))
+
+
+def test_simulate_is_reproducible():
+    a, ta = zoo.simulate("bayesian_linear_regression", seed=5)
+    b, tb = zoo.simulate("bayesian_linear_regression", seed=5)
+    c, _ = zoo.simulate("bayesian_linear_regression", seed=6)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(ta["w"], tb["w"])
+    assert not np.array_equal(a["y"], c["y"])
+
+
+def test_simulate_sizes_and_truth():
+    data, truth = zoo.simulate("normal_gamma", seed=0, N=7, truth={"mu": 3.0, "tau": 4.0})
+    assert data["x"].shape == (7,)
+    assert float(truth["mu"]) == 3.0
+
+
+def test_compare_lists_inapplicable_backends_with_reason():
+    data = zoo.simulate("bayesian_linear_regression", seed=0, hyper={"prior": "laplace"})[0]
+    cmp = zoo.compare("bayesian_linear_regression", backends=["exact", "svi"], data=data,
+                      hyper={"prior": "laplace"}, num_steps=50, num_samples=50)
+    row = cmp.table.set_index("backend").loc["exact"]
+    assert "Laplace prior has no closed-form posterior" in row["note"]
+    assert list(cmp.results) == ["svi"]

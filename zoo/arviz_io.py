@@ -1,0 +1,136 @@
+"""Every call into ArviZ lives here, so a move to ArviZ 1.x (Python >= 3.12) touches one file.
+
+The zoo builds InferenceData with ``az.from_dict`` from the arrays a back-end returns, rather
+than ``az.from_pyro``, which takes MCMC only, drops log-likelihoods of enumerated models and
+sorts chains as text.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+
+from zoo.files import atomic_write
+
+
+def to_idata(posterior: Mapping[str, np.ndarray], *, sample_stats: Mapping[str, np.ndarray] | None = None,
+             log_likelihood: Mapping[str, np.ndarray] | None = None,
+             observed_data: Mapping[str, np.ndarray] | None = None,
+             attrs: Mapping[str, Any] | None = None) -> az.InferenceData:
+    """InferenceData with groups posterior (chain, draw, ...), sample_stats, log_likelihood
+    and observed_data. Observed sites get their own dims so two of them never broadcast."""
+    dims = {k: [f"{k}_obs_{i}" for i in range(np.ndim(v))] for k, v in (observed_data or {}).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = az.from_dict(posterior=dict(posterior), sample_stats=dict(sample_stats or {}) or None,
+                             log_likelihood=dict(log_likelihood or {}) or None,
+                             observed_data=dict(observed_data or {}) or None, dims=dims,
+                             attrs=dict(attrs or {}))
+    return idata
+
+
+def scalar_stats(idata: az.InferenceData) -> pd.DataFrame:
+    """Per latent scalar: mean, sd, bulk and tail ESS, r_hat (NaN for a single chain)."""
+    post = idata.posterior
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ess_bulk = az.ess(post, method="bulk")
+        ess_tail = az.ess(post, method="tail")
+        rhat = az.rhat(post) if post.sizes["chain"] > 1 else None
+    rows = []
+    for var in post.data_vars:
+        values = post[var].values
+        flat = values.reshape(values.shape[:2] + (-1,))
+        shape = values.shape[2:]
+        for j in range(flat.shape[-1]):
+            idx = np.unravel_index(j, shape) if shape else ()
+            name = var + (f"[{','.join(map(str, idx))}]" if shape else "")
+            rows.append({
+                "var": var, "index": idx, "name": name,
+                "mean": float(flat[..., j].mean()), "sd": float(flat[..., j].std(ddof=1)),
+                "ess_bulk": float(np.asarray(ess_bulk[var].values)[idx]),
+                "ess_tail": float(np.asarray(ess_tail[var].values)[idx]),
+                "r_hat": float(np.asarray(rhat[var].values)[idx]) if rhat is not None else float("nan"),
+            })
+    return pd.DataFrame(rows)
+
+
+def summary(idata: az.InferenceData, **kwargs: Any) -> pd.DataFrame:
+    """ArviZ's summary table of the posterior."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.summary(idata, **kwargs)
+
+
+def pareto_k(log_weights: np.ndarray) -> float:
+    """Pareto k of the importance weights' tail (PSIS, Vehtari et al.)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, k = az.psislw(np.asarray(log_weights, dtype=float).copy())
+    return float(k)
+
+
+def save(idata: az.InferenceData, path: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Save to netCDF atomically; ``meta`` (JSON-serialisable) goes into the posterior's attrs."""
+    path = Path(path)
+    idata = idata.copy()
+    idata.posterior.attrs["zoo"] = json.dumps(meta, default=_jsonable)
+    atomic_write(path, lambda tmp: idata.to_netcdf(tmp))
+    return path
+
+
+def load(path: str | Path) -> tuple[az.InferenceData, dict[str, Any]]:
+    """Load InferenceData saved by `save` and its metadata (no pickle involved)."""
+    idata = az.from_netcdf(str(path))
+    idata.load()
+    meta = json.loads(idata.posterior.attrs.get("zoo", "{}"))
+    return idata, meta
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def plot_comparison(idatas: Mapping[str, az.InferenceData], out: str | Path, title: str) -> list[Path]:
+    """Forest plot and marginal densities of every back-end over the same axes, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    names: Sequence[str] = list(idatas)
+    data = [idatas[n] for n in names]
+    files = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = az.plot_forest(data, model_names=names, combined=True, hdi_prob=0.94,
+                              figsize=(7, 1.2 + 0.5 * len(names) * _num_scalars(data[0])))
+        fig = np.atleast_1d(axes)[0].get_figure()
+        fig.suptitle(f"{title}: 94% intervals by back-end")
+        files.append(_savefig(fig, out / "forest.png"))
+        plt.close(fig)
+        axes = az.plot_density(data, data_labels=names, hdi_prob=0.999, shade=0.05)
+        fig = np.atleast_1d(axes).ravel()[0].get_figure()
+        fig.suptitle(f"{title}: marginal posteriors by back-end")
+        files.append(_savefig(fig, out / "density.png"))
+        plt.close(fig)
+    return files
+
+
+def _num_scalars(idata: az.InferenceData) -> int:
+    return int(sum(np.prod(v.shape[2:], dtype=int) for v in idata.posterior.data_vars.values()))
+
+
+def _savefig(fig, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))

@@ -1,0 +1,118 @@
+"""Command line: ``python -m zoo list | run | compare``.
+
+Examples::
+
+    python -m zoo list
+    python -m zoo run normal_gamma --backend nuts --seed 0 --out out/ng
+    python -m zoo compare normal_gamma --backends exact,nuts,svi,cavi --out out/ng
+    python -m zoo compare bayesian_linear_regression --hyper prior=laplace --num-steps 2000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zoo import api
+from zoo.errors import InferenceError, ZooError
+
+# Back-end options offered as flags; each is passed only when given, and `compare` gives it
+# to every back-end that accepts it.
+OPTION_FLAGS = {"num_samples": int, "num_warmup": int, "num_chains": int, "num_steps": int,
+                "lr": float, "guide": str, "proposal": str}
+
+
+def _key_values(items: list[str], what: str) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ZooError(f"{what} must be KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _load_data(path: str | None) -> dict[str, Any] | None:
+    """Data from a .npz or .json file of named arrays."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise ZooError(f"data file {path!r} does not exist")
+    if p.suffix == ".npz":
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files}
+    if p.suffix == ".json":
+        return json.loads(p.read_text())
+    raise ZooError(f"data file {path!r} must be .npz or .json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the models and their back-ends")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("name", help="model name (python -m zoo list)")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--data", help=".npz or .json file of named arrays (default: simulated)")
+    common.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
+                        help="hyperparameter, VALUE in JSON (repeatable)")
+    common.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other back-end option, VALUE in JSON (repeatable)")
+    common.add_argument("--out", help="folder for results")
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for flag, kind in OPTION_FLAGS.items():
+        common.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag)
+    run = sub.add_parser("run", parents=[common], help="run one back-end")
+    run.add_argument("--backend", default="nuts")
+    compare = sub.add_parser("compare", parents=[common], help="compare back-ends against the exact posterior")
+    compare.add_argument("--backends", help="comma-separated labels (default: all of the model's)")
+    return parser
+
+
+def _print_table(table: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
+        print(table.to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            for name in api.list_models():
+                spec = api.get_model(name)
+                print(f"{name:28s} {', '.join(api.list_backends(name)):50s} {spec.seed_section}")
+            return 0
+        options = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None}
+        options.update(_key_values(args.option, "--option"))
+        hyper = _key_values(args.hyper, "--hyper") or None
+        data = _load_data(args.data)
+        progress = not args.no_progress
+        if args.command == "run":
+            res = api.run(args.name, args.backend, data=data, seed=args.seed, hyper=hyper,
+                          progress=progress, **options)
+            print(res.summary().to_string())
+            print(f"seconds: {res.seconds:.3f}")
+            if args.out:
+                print("wrote", res.save(Path(args.out) / f"{args.name}_{args.backend}.nc"))
+            return 0
+        backends = args.backends.split(",") if args.backends else None
+        cmp = api.compare(args.name, backends, data=data, seed=args.seed, hyper=hyper,
+                          progress=progress, **options)
+        _print_table(cmp.table)
+        if args.out:
+            for f in cmp.save(args.out):
+                print("wrote", f)
+        return 0
+    except (ZooError, InferenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,77 @@
+"""The registry: explicit lists of the zoo's models and back-ends.
+
+Adding a model is one module in `models/` with a `SPEC` and one line in `MODULES`; the
+conformance suite in `tests/` then runs it under every back-end that applies, and fails if a
+module in `models/` is missing here. Adding a back-end is one module in `inference/` with a
+`BACKEND` and one line in `BACKENDS`.
+"""
+from __future__ import annotations
+
+from inference import exact, hmc, importance, nuts, svi
+from models import (
+    bayesian_linear_regression,
+    beta_bernoulli,
+    dirichlet_categorical,
+    mvn_wishart,
+    normal_gamma,
+    normal_known_mean,
+    normal_known_variance,
+    poisson_gamma,
+    uniform_pareto,
+)
+from zoo.errors import ZooError, unknown_name
+from zoo.spec import Backend, ModelSpec
+
+MODULES = [
+    beta_bernoulli,
+    normal_known_variance,
+    normal_known_mean,
+    normal_gamma,
+    mvn_wishart,
+    dirichlet_categorical,
+    poisson_gamma,
+    uniform_pareto,
+    bayesian_linear_regression,
+]
+
+MODELS: dict[str, ModelSpec] = {m.SPEC.name: m.SPEC for m in MODULES}
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (exact.BACKEND, nuts.BACKEND, hmc.BACKEND,
+                                                    svi.BACKEND, importance.BACKEND)}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The `ModelSpec` registered under ``name``.
+
+    Raises
+    ------
+    ZooError
+        for an unknown name, listing the valid ones and the closest.
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise unknown_name("model", name, MODELS)
+    return MODELS[name]
+
+
+def backends_for(spec: ModelSpec) -> dict[str, Backend]:
+    """The generic back-ends followed by the model's own (``cavi``, ``em``, ``gibbs``)."""
+    return {**BACKENDS, **spec.backends}
+
+
+def get_backend(spec: ModelSpec, name: str) -> Backend:
+    """The back-end ``name`` for the model ``spec``, or a ZooError saying why not."""
+    available = backends_for(spec)
+    if isinstance(name, str) and name in available:
+        return available[name]
+    owners = [m.name for m in MODELS.values() if name in m.backends]
+    if owners:
+        raise ZooError(f"model {spec.name!r}: back-end {name!r} does not apply: it is specific to "
+                       f"{', '.join(owners)}. Back-ends for {spec.name}: {', '.join(available)}")
+    raise unknown_name("back-end", name, available, f"model {spec.name!r}: ")
+
+
+def add_model(spec: ModelSpec, overwrite: bool = False) -> None:
+    """Register a user's model (see `zoo.register`)."""
+    if spec.name in MODELS and not overwrite:
+        raise ZooError(f"model {spec.name!r} is already registered; pass overwrite=True to replace it")
+    MODELS[spec.name] = spec

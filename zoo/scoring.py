@@ -1,0 +1,96 @@
+"""Scoring a back-end's draws against the exact posterior, and the comparison table's rows.
+
+Yardsticks (DESIGN.md): a back-end is correct on a model when every latent scalar has
+|z| = |mean - mean_exact| / sd_exact < 0.25 and sd_backend / sd_exact within 0.9 to 1.1.
+The distance is the Wasserstein-1 distance between the back-end's draws and exact draws,
+in units of the exact sd.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+Z_GATE = 0.25
+SD_RATIO_GATE = (0.9, 1.1)
+
+
+def scalar_scores(scalars: pd.DataFrame, posterior: dict[str, np.ndarray], exact: Any,
+                  exact_draws: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Add exact mean and sd, z, sd ratio and W1 distance to per-scalar statistics.
+
+    Parameters
+    ----------
+    scalars : output of `zoo.arviz_io.scalar_stats` (one row per latent scalar).
+    posterior : the back-end's draws, site to (chain, draw, ...).
+    exact : the `ExactPosterior`.
+    exact_draws : a large sample from the exact posterior, site to (n, ...).
+    """
+    rows = []
+    for row in scalars.itertuples(index=False):
+        idx = tuple(row.index)
+        m = float(np.asarray(exact.mean[row.var])[idx])
+        s = float(np.asarray(exact.sd[row.var])[idx])
+        draws = np.asarray(posterior[row.var])[(slice(None), slice(None)) + idx].ravel()
+        ref = np.asarray(exact_draws[row.var])[(slice(None),) + idx]
+        rows.append({
+            "exact_mean": m, "exact_sd": s,
+            "z": (row.mean - m) / s,
+            "sd_ratio": row.sd / s,
+            "w1": stats.wasserstein_distance(draws, ref) / s,
+        })
+    return pd.concat([scalars.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+
+
+def table_row(label: str, result: Any, scalars: pd.DataFrame, exact_log_evidence: float | None) -> dict:
+    """One row of the comparison table for a finished back-end run."""
+    d = result.diagnostics
+    ess_cap = d.get("weight_ess", math.inf)  # resampled draws are no more informative than this
+    ess_bulk = min(float(scalars["ess_bulk"].min()), ess_cap)
+    ess_tail = min(float(scalars["ess_tail"].min()), ess_cap)
+    row = {
+        "backend": label,
+        "seconds": result.seconds,
+        "draws": int(result.idata.posterior.sizes["chain"] * result.idata.posterior.sizes["draw"]),
+        "ess_bulk_min": ess_bulk,
+        "ess_tail_min": ess_tail,
+        "ess_per_second": ess_bulk / result.seconds if result.seconds > 0 else math.nan,
+        "r_hat_max": float(scalars["r_hat"].max()),
+        "divergences": d.get("divergences", 0),
+        "elbo": d.get("elbo", math.nan),
+        "log_evidence": d.get("log_evidence", math.nan),
+        "weight_ess": d.get("weight_ess", math.nan),
+        "pareto_k": d.get("pareto_k", math.nan),
+    }
+    if exact_log_evidence is not None:
+        row["elbo_gap"] = exact_log_evidence - row["elbo"]
+        row["log_evidence_error"] = row["log_evidence"] - exact_log_evidence
+    if "z" in scalars:
+        abs_z = float(scalars["z"].abs().max())
+        lo, hi = float(scalars["sd_ratio"].min()), float(scalars["sd_ratio"].max())
+        row.update({"max_abs_z": abs_z, "sd_ratio_min": lo, "sd_ratio_max": hi,
+                    "w1_max": float(scalars["w1"].max()),
+                    "correct": bool(abs_z < Z_GATE and SD_RATIO_GATE[0] <= lo and hi <= SD_RATIO_GATE[1])})
+    notes = [d[k] for k in ("note", "chains") if d.get(k)]
+    if d.get("divergences"):
+        notes.append(f"{d['divergences']} divergent transitions")
+    if d.get("pareto_k", 0) > 0.7:
+        notes.append("Pareto k > 0.7: importance weights unreliable")
+    row["note"] = "; ".join(notes)
+    return row
+
+
+COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second",
+           "r_hat_max", "divergences", "elbo", "elbo_gap", "log_evidence", "log_evidence_error",
+           "weight_ess", "pareto_k", "max_abs_z", "sd_ratio_min", "sd_ratio_max", "w1_max",
+           "correct", "note"]
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """The comparison table with the DESIGN.md columns in a fixed order."""
+    table = pd.DataFrame(rows)
+    cols = [c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]
+    return table[cols]

@@ -1,0 +1,202 @@
+"""The small data types every model module fills in: `ModelSpec`, `DataKey`, `Hyper`, `ExactPosterior`.
+
+A model module in `models/` builds one `ModelSpec` named `SPEC`; the registry in
+`zoo/registry.py` lists those specs explicitly. Nothing here knows any particular model.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.distributions import constraints
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """One entry of a model's data dict.
+
+    Parameters
+    ----------
+    dims : names of the array's dimensions, e.g. ``("N",)`` or ``("N", "D")``; ``()`` for a
+        scalar. Keys sharing a dimension name must agree on its length. A dimension named after
+        a hyperparameter (``"K"``) must match that hyperparameter's implied size.
+    dtype : ``"float"`` or ``"long"`` (integer labels or counts).
+    observed : whether the key is the value of an observed sample site (False for covariates).
+    support : a torch constraint every element must satisfy (checked before any back-end runs);
+        ``None`` to rely on the support of the observed site found by tracing the model.
+    optional : the model runs without it.
+    """
+
+    dims: tuple[str, ...]
+    dtype: str = "float"
+    observed: bool = True
+    support: constraints.Constraint | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter: its default value and the constraint a user-supplied value must meet.
+
+    ``size`` names a dimension the value's length fixes (Dirichlet ``alpha`` fixes ``K``).
+    ``choices`` lists the allowed values of a string hyperparameter (``prior``).
+    """
+
+    default: Any
+    constraint: constraints.Constraint | None = None
+    size: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass
+class ExactPosterior:
+    """A closed-form posterior: per-site mean and sd, joint draws, and the log evidence.
+
+    ``sample(rng, n)`` returns a dict of arrays with a leading draw dimension of length ``n``.
+    ``log_prob(values)`` is the posterior log density at one point (a dict of site arrays).
+    ``extra`` holds model-specific closed-form quantities (posterior parameters, predictive).
+    """
+
+    mean: dict[str, np.ndarray]
+    sd: dict[str, np.ndarray]
+    sample: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
+    log_prob: Callable[[dict[str, np.ndarray]], float]
+    log_evidence: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the zoo knows about one model.
+
+    Parameters
+    ----------
+    name : registry name (CONCEPTS.md).
+    model : the Pyro model. Keyword arguments are the data keys (observed ones default to
+        ``None``), the hyperparameters, and the sizes used when simulating (``N``).
+    data : the data keys and their shapes, types and supports.
+    latent_sites : the global latent sample sites, in the order the table reports them.
+    hyper : the hyperparameters with defaults and constraints.
+    sizes : default sizes for simulation (``{"N": 100}``).
+    seed_section : where in the source notes the concept comes from.
+    inputs : makes the covariates (non-observed data keys) for a simulation,
+        ``inputs(rng, sizes, hyper) -> dict``.
+    exact : the exact posterior, ``exact(data, hyper) -> ExactPosterior`` on numpy arrays.
+    no_exact : ``no_exact(hyper) -> reason or None``: when the closed form does not apply to
+        these hyperparameters (Laplace prior).
+    backends : model-specific back-ends, name to module exposing ``OPTIONS`` and ``fit``.
+    check : extra validation ``check(data, hyper) -> None`` raising ZooError.
+    """
+
+    name: str
+    model: Callable[..., Any]
+    data: Mapping[str, DataKey]
+    latent_sites: tuple[str, ...]
+    hyper: Mapping[str, Hyper] = field(default_factory=dict)
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    seed_section: str = ""
+    inputs: Callable[..., dict[str, Any]] | None = None
+    exact: Callable[[dict, dict], ExactPosterior] | None = None
+    no_exact: Callable[[dict], str | None] | None = None
+    backends: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[dict, dict], None] | None = None
+
+    @property
+    def doc(self) -> str:
+        """The model's docstring: its generative story and seed section."""
+        return inspect.getdoc(self.model) or ""
+
+    @property
+    def observed_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.data.items() if v.observed)
+
+    def exact_reason(self, hyper: Mapping[str, Any]) -> str | None:
+        """Why there is no exact posterior for these hyperparameters, or None if there is."""
+        if self.exact is None:
+            return f"model {self.name!r} has no closed-form posterior"
+        return self.no_exact(hyper) if self.no_exact else None
+
+
+@dataclass
+class Fit:
+    """What a back-end returns: draws and whatever it measured on the way.
+
+    ``posterior`` maps each latent site to an array shaped ``(chain, draw, *site_shape)``;
+    ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``log_weight``);
+    ``diagnostics`` holds scalars and traces (``elbo``, ``elbo_trace``, ``log_evidence``,
+    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``).
+    """
+
+    posterior: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An inference back-end: its name, its fit function and its options with defaults.
+
+    Parameters
+    ----------
+    name : the name users pass as ``backend=``.
+    fit : ``fit(problem, seed=..., **options) -> Fit``.
+    options : every option the back-end accepts, with its default. Options named ``num_*``
+        must be positive integers, ``lr`` a positive number; ``choices`` lists the allowed
+        values of string options.
+    applicable : ``applicable(problem) -> reason or None``: why the back-end cannot run on this
+        model with these hyperparameters.
+    summary : one line for ``zoo.list_backends()`` and the docs.
+    """
+
+    name: str
+    fit: Callable[..., Fit]
+    options: Mapping[str, Any]
+    summary: str = ""
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    applicable: Callable[[Any], str | None] | None = None
+
+
+def exact_from_scipy(
+    marginals: Mapping[str, Any], log_evidence: float | None = None, **extra: Any
+) -> ExactPosterior:
+    """An `ExactPosterior` whose sites are independent frozen scipy distributions.
+
+    Parameters
+    ----------
+    marginals : site name to a frozen ``scipy.stats`` distribution (univariate or a
+        multivariate one such as ``dirichlet`` or ``wishart``).
+    log_evidence : the exact log marginal likelihood, if known.
+    """
+
+    def moments(d: Any) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.asarray(d.mean(), dtype=float)
+        var = d.var() if hasattr(d, "var") else np.diag(d.cov())
+        return mean, np.sqrt(np.asarray(var, dtype=float))
+
+    stats = {k: moments(d) for k, d in marginals.items()}
+
+    def sample(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        out = {}
+        for k, d in marginals.items():
+            draws = np.asarray(d.rvs(size=n, random_state=rng), dtype=float)
+            out[k] = draws.reshape((n,) + stats[k][0].shape)
+        return out
+
+    def log_prob(values: dict[str, np.ndarray]) -> float:
+        total = 0.0
+        for k, d in marginals.items():
+            logpdf = getattr(d, "logpdf", None) or d.logpmf
+            total += float(np.sum(logpdf(values[k])))
+        return total
+
+    return ExactPosterior(
+        mean={k: m for k, (m, _) in stats.items()},
+        sd={k: s for k, (_, s) in stats.items()},
+        sample=sample,
+        log_prob=log_prob,
+        log_evidence=log_evidence,
+        extra=dict(extra),
+    )
