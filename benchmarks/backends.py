@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 import zoo
+from zoo import registry
 
 COLUMNS = ["model", "backend", "seconds", "ess_per_second", "max_abs_z", "sd_ratio_min",
            "sd_ratio_max", "correct"]
@@ -50,12 +51,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def benchmark(model: str, *, quick: bool, seed: int) -> pd.DataFrame:
-    """The comparison table of every back-end of ``model``, with a ``model`` column first."""
+    """The comparison table of every back-end of ``model``, with a ``model`` column first.
+
+    Each back-end runs in its own ``zoo.compare`` call (same data, same seed, so the same
+    exact reference draws), so that one back-end that fails is reported in its row instead of
+    losing the others.
+    """
     data, _ = zoo.simulate(model, seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cmp = zoo.compare(model, backends=None, data=data, seed=seed, **(QUICK if quick else {}))
-    return cmp.table.assign(model=model)
+    rows = []
+    for backend in zoo.list_backends(model):
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                accepted = registry.get_backend(zoo.get_model(model), backend).options
+                settings = {k: v for k, v in QUICK.items() if k in accepted} if quick else {}
+                cmp = zoo.compare(model, backends=[backend], data=data, seed=seed, **settings)
+            rows.append(cmp.table)
+        except Exception as e:  # a benchmark reports failures, it does not stop on them
+            print(f"[{model}] {backend} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            rows.append(pd.DataFrame([{"backend": backend, "seconds": time.perf_counter() - start,
+                                       "note": f"error: {type(e).__name__}: {str(e)[:200]}"}]))
+    return pd.concat(rows, ignore_index=True).assign(model=model)
 
 
 def _jsonable(value):
@@ -64,6 +81,21 @@ def _jsonable(value):
     if hasattr(value, "item"):  # numpy scalars
         return _jsonable(value.item())
     return value
+
+
+def render(full: pd.DataFrame) -> str:
+    """The markdown table of the applicable back-ends, then one line per back-end that does
+    not apply (with the reason) or failed (with the error)."""
+    notes = full["note"].fillna("") if "note" in full else pd.Series("", index=full.index)
+    applies = ~notes.str.startswith("not applicable")
+    table = full.loc[applies, [c for c in COLUMNS if c in full.columns]].copy()
+    if "correct" in table:  # a failed back-end has no score: leave the cell empty
+        table["correct"] = [("" if pd.isna(v) else str(bool(v))) for v in table["correct"]]
+    lines = [table.to_markdown(index=False, floatfmt=".3g")]
+    lines += [f"- {r.model} / {r.backend}: {r.note}" for r in full.loc[~applies].itertuples(index=False)]
+    lines += [f"- FAILED {r.model} / {r.backend}: {r.note}"
+              for r in full.loc[notes.str.startswith("error")].itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -76,14 +108,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(f"[{model}] done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     full = pd.concat(tables, ignore_index=True)
     full = full[["model"] + [c for c in full.columns if c != "model"]]
-    applies = ~full.get("note", pd.Series("", index=full.index)).fillna("").str.startswith("not applicable")
-    table = full.loc[applies, [c for c in COLUMNS if c in full.columns]]
-
     settings = "quick " + json.dumps(QUICK) if args.quick else "default settings"
     print(f"\nBack-ends against the exact posterior ({settings}, seed {args.seed})\n")
-    print(table.to_markdown(index=False, floatfmt=".3g"))
-    for row in full.loc[~applies].itertuples(index=False):
-        print(f"- {row.model} / {row.backend}: {row.note}")
+    print(render(full))
 
     if args.out is not None:
         payload = {
@@ -96,7 +123,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
         print(f"\nwrote {args.out}", file=sys.stderr)
-    return table
+    return full
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ evaluated for S draws at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.importance import vectorized_importance_weights
 
+from zoo.errors import ZooError
 from zoo.problem import DTYPE, Problem
 
 CHUNK = 1000
@@ -61,21 +63,30 @@ def to_chains(draws: dict[str, np.ndarray], num_chains: int) -> dict[str, np.nda
     return {k: v.reshape((num_chains, -1) + v.shape[1:]) for k, v in draws.items()}
 
 
-def sample_vectorised(problem: Problem, fn: Callable[[], Any], num: int,
-                      sites: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """Draw ``num`` joint samples of latent sites from ``fn`` (a guide, or the model's prior).
+def _batched(problem: Problem, num: int, run: Callable[[int, int, bool], Any]) -> list[Any]:
+    """Call ``run(start, n, vectorised)`` over chunks of ``num`` draws: vectorised where the
+    model broadcasts against an outer plate, one draw at a time where it does not (a user's
+    model whose observations sit outside any plate)."""
+    try:
+        return [run(start, min(CHUNK, num - start), True) for start in range(0, num, CHUNK)]
+    except (ValueError, RuntimeError):
+        return [run(i, 1, False) for i in range(num)]
+
+
+def sample_vectorised(problem: Problem, fn: Callable[[], Any], num: int) -> dict[str, np.ndarray]:
+    """Draw ``num`` joint samples of the latent sites from ``fn`` (a guide, or the prior).
 
     Returns arrays shaped ``(num, *site_shape)``.
     """
-    sites = sites or problem.latent_sites
-    out: dict[str, list[np.ndarray]] = {k: [] for k in sites}
-    for start in range(0, num, CHUNK):
-        n = min(CHUNK, num - start)
-        with torch.no_grad(), _vectorised(problem, n):
+
+    def run(start: int, n: int, vectorised: bool) -> dict[str, np.ndarray]:
+        with torch.no_grad(), (_vectorised(problem, n) if vectorised else nullcontext()):
             tr = poutine.trace(fn).get_trace()
-        for k in sites:
-            out[k].append(tr.nodes[k]["value"].detach().reshape((n,) + problem.sites[k].shape).numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+        return {k: tr.nodes[k]["value"].detach().reshape((n,) + s.shape).numpy()
+                for k, s in problem.sites.items()}
+
+    chunks = _batched(problem, num, run)
+    return {k: np.concatenate([c[k] for c in chunks]) for k in problem.sites}
 
 
 def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -91,26 +102,31 @@ def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.nd
     log_lik : observed site name to (S, *observation_batch_shape) pointwise log-likelihoods.
     """
     num = len(next(iter(draws.values())))
-    joint, lik = [], {k: [] for k in problem.observed}
-    for start in range(0, num, CHUNK):
-        n = min(CHUNK, num - start)
-        values = {k: _padded(problem, k, torch.as_tensor(v[start:start + n], dtype=DTYPE))
-                  for k, v in draws.items()}
-        with torch.no_grad(), _vectorised(problem, n):
+
+    def run(start: int, n: int, vectorised: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if vectorised:
+            values = {k: _padded(problem, k, torch.as_tensor(v[start:start + n], dtype=DTYPE))
+                      for k, v in draws.items()}
+        else:
+            values = {k: torch.as_tensor(v[start], dtype=DTYPE) for k, v in draws.items()}
+        with torch.no_grad(), (_vectorised(problem, n) if vectorised else nullcontext()):
             tr = poutine.trace(poutine.condition(problem.model, values)).get_trace()
         tr.compute_log_prob()
-        total = torch.zeros(n, dtype=DTYPE)
+        total, lik = torch.zeros(n, dtype=DTYPE), {}
         for name, site in tr.nodes.items():
             if site["type"] != "sample" or "log_prob" not in site:
                 continue
-            lp = site["log_prob"]
-            lp = lp.expand((n,) + lp.shape[1:]) if lp.dim() else lp.expand(n)
+            lp = site["log_prob"] if vectorised else site["log_prob"].unsqueeze(0)
+            lp = lp.expand((n,) + lp.shape[1:])
             total = total + lp.reshape(n, -1).sum(1)
-            if name in lik:
-                lik[name].append(lp.numpy())
-        joint.append(total.numpy())
-    log_lik = {k: np.concatenate(v).reshape((num,) + _obs_shape(v[0])) for k, v in lik.items()}
-    return np.concatenate(joint), log_lik
+            if name in problem.observed:
+                lik[name] = lp.numpy()
+        return total.numpy(), lik
+
+    chunks = _batched(problem, num, run)
+    log_lik = {k: np.concatenate([c[1][k] for c in chunks]).reshape((num,) + _obs_shape(chunks[0][1][k]))
+               for k in problem.observed}
+    return np.concatenate([c[0] for c in chunks]), log_lik
 
 
 def _obs_shape(chunk: np.ndarray) -> tuple[int, ...]:
@@ -119,6 +135,50 @@ def _obs_shape(chunk: np.ndarray) -> tuple[int, ...]:
     while shape and shape[0] == 1 and len(shape) > 1:
         shape.pop(0)
     return tuple(shape)
+
+
+def init_values(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.Tensor]:
+    """Starting values: the prior draw with the highest log joint among ``num`` draws.
+
+    Unlike the prior median or the unconstrained origin, this is a point where the model
+    has positive density whatever the data rule out (a Uniform(0, theta) likelihood needs
+    theta > max x), and it is already near the posterior. Different seeds give different
+    starts, so MCMC chains still begin apart.
+    """
+    seed_all(seed)
+    draws = sample_vectorised(problem, prior(problem), num)
+    log_joint, _ = log_densities(problem, draws)
+    if not np.isfinite(log_joint).any():
+        raise ZooError(f"model {problem.name!r}: none of {num} prior draws has positive density "
+                       "on this data; the data may be impossible under the model")
+    best = int(np.nanargmax(np.where(np.isfinite(log_joint), log_joint, -np.inf)))
+    return {k: torch.as_tensor(v[best], dtype=DTYPE) for k, v in draws.items()}
+
+
+def importance_weights(problem: Problem, proposal: Callable[[], Any], num: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Log weights log p(data, z) - log q(z) of ``num`` proposal draws z, and the draws.
+
+    Returns
+    -------
+    log_w : (num,) array.
+    draws : latent site to (num, *site_shape) arrays.
+    """
+
+    def run(start: int, n: int, vectorised: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            if vectorised:
+                lw, _, q = vectorized_importance_weights(
+                    problem.model, proposal, num_samples=n, max_plate_nesting=problem.max_plate_nesting)
+            else:
+                q = poutine.trace(proposal).get_trace()
+                p = poutine.trace(poutine.replay(problem.model, trace=q)).get_trace()
+                lw = p.log_prob_sum() - q.log_prob_sum()
+        values = {k: q.nodes[k]["value"].reshape((n,) + s.shape).numpy() for k, s in problem.sites.items()}
+        return lw.reshape(-1).double().numpy(), values
+
+    chunks = _batched(problem, num, run)
+    return (np.concatenate([c[0] for c in chunks]),
+            {k: np.concatenate([c[1][k] for c in chunks]) for k in problem.sites})
 
 
 def prior(problem: Problem) -> Callable[[], Any]:

@@ -1,7 +1,8 @@
 """Back-end ``importance``: self-normalised importance sampling (004 1.2; 002 section 5).
 
 The proposal is the prior (``proposal="prior"``) or a guide fitted by SVI first
-(``proposal="guide"``, family ``guide``). Weights w = p(data, z) / q(z) give the log evidence
+(``proposal="guide"``, family ``guide``); ``"auto"`` (default) takes the guide where SVI applies
+to the model and the prior where it does not. Weights w = p(data, z) / q(z) give the log evidence
 estimate log mean w, the weight effective sample size (sum w)^2 / sum w^2 and the Pareto k of
 their tail (k > 0.7: the estimate is unreliable). Posterior draws are a resample by weight.
 """
@@ -10,12 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import pyro
-from pyro.infer.importance import vectorized_importance_weights
 
 from inference import svi
-from inference.common import CHUNK, prior, seed_all, to_chains
+from inference.common import importance_weights, prior, seed_all, to_chains
 from inference.mcmc import continuous_only
 from zoo import arviz_io
 from zoo.problem import Problem
@@ -25,23 +23,15 @@ from zoo.spec import Backend, Fit
 def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles: int,
         num_samples: int, num_chains: int, num_steps: int, lr: float, progress=None) -> Fit:
     """Weight ``num_particles`` proposal draws and resample ``num_chains x num_samples``."""
+    if proposal == "auto":
+        proposal = "prior" if "svi" in problem.spec.limits else "guide"
     if proposal == "guide":
         q, _ = svi.train(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr,
                          lr_decay=svi.SVI_OPTIONS["lr_decay"], num_particles=1, progress=progress)
     else:
         q = prior(problem)
     seed_all(seed + 1)
-    log_w, draws = [], {k: [] for k in problem.latent_sites}
-    with torch.no_grad(), pyro.validation_enabled(False):
-        for start in range(0, num_particles, CHUNK):
-            n = min(CHUNK, num_particles - start)
-            lw, _, guide_trace = vectorized_importance_weights(
-                problem.model, q, num_samples=n, max_plate_nesting=problem.max_plate_nesting)
-            log_w.append(lw.reshape(-1).double().numpy())
-            for k in draws:
-                draws[k].append(guide_trace.nodes[k]["value"].reshape((n,) + problem.sites[k].shape).numpy())
-    log_w = np.concatenate(log_w)
-    draws = {k: np.concatenate(v) for k, v in draws.items()}
+    log_w, draws = importance_weights(problem, q, num_particles)
     finite = np.isfinite(log_w)
     w = np.exp(log_w - log_w[finite].max()) * finite
     w /= w.sum()
@@ -59,9 +49,9 @@ def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles
 BACKEND = Backend(
     name="importance",
     fit=fit,
-    options={"proposal": "guide", "guide": "mean_field", "num_particles": 20000, "num_samples": 1000,
+    options={"proposal": "auto", "guide": "mean_field", "num_particles": 20000, "num_samples": 1000,
              "num_chains": 4, "num_steps": 1000, "lr": 0.05, "progress": None},
-    choices={"proposal": ("prior", "guide"), "guide": tuple(g for g in svi.GUIDES if g != "delta")},
+    choices={"proposal": ("auto", "prior", "guide"), "guide": tuple(g for g in svi.GUIDES if g != "delta")},
     summary="self-normalised importance sampling from the prior or a fitted guide",
     applicable=continuous_only,
 )

@@ -1,5 +1,6 @@
 """Shared driver of the ``nuts`` and ``hmc`` back-ends (Pyro's MCMC).
 
+Each chain starts from the best of 200 prior draws of its own (`inference.common.init_values`).
 Chains run one after another in this process, each with its own seed derived from the run's
 seed: on a 2-core machine Pyro would run them sequentially anyway (it counts cpu_count() - 1
 usable CPUs), and separate runs keep each chain reproducible on its own.
@@ -11,9 +12,9 @@ from typing import Any
 import numpy as np
 import pyro
 from pyro.infer import MCMC
-from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
+from pyro.infer.autoguide.initialization import init_to_value
 
-from inference.common import chain_seeds, seed_all
+from inference.common import chain_seeds, init_values, seed_all
 from zoo.problem import Problem
 from zoo.spec import Fit
 
@@ -26,31 +27,19 @@ def continuous_only(problem: Problem) -> str | None:
     return None
 
 
-# The prior median is a good start for most models; where the likelihood rules it out (a
-# Uniform(0, theta) likelihood needs theta > max x), fresh prior draws are tried instead.
-INIT_STRATEGIES = (init_to_median(num_samples=15), init_to_sample)
-
-
 def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, num_warmup: int,
                num_chains: int, progress: bool | None) -> Fit:
     """Run ``num_chains`` chains of the kernel ``make_kernel(model)`` one after another."""
     draws: dict[str, list[np.ndarray]] = {k: [] for k in problem.latent_sites}
     diverging, accept = [], []
     for chain, chain_seed in enumerate(chain_seeds(seed, num_chains)):
-        mcmc = None
-        for init in INIT_STRATEGIES:
-            seed_all(chain_seed)
-            kernel = make_kernel(problem.model, init_strategy=init,
-                                 max_plate_nesting=problem.max_plate_nesting)
-            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
-                        disable_progbar=not progress)
-            try:
-                with pyro.validation_enabled(False):
-                    mcmc.run()
-                break
-            except ValueError as e:
-                if "valid initial params" not in str(e) or init is INIT_STRATEGIES[-1]:
-                    raise
+        init = init_to_value(values=init_values(problem, chain_seed))
+        seed_all(chain_seed)
+        kernel = make_kernel(problem.model, init_strategy=init, max_plate_nesting=problem.max_plate_nesting)
+        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
+                    disable_progbar=not progress)
+        with pyro.validation_enabled(False):
+            mcmc.run()
         samples = mcmc.get_samples()
         for k in problem.latent_sites:
             draws[k].append(samples[k].detach().reshape((num_samples,) + problem.sites[k].shape).numpy())

@@ -10,18 +10,18 @@ run, and the ELBO is re-estimated at the end with many particles.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyro
-import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer import autoguide as ag
-from pyro.infer.importance import vectorized_importance_weights
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from inference.common import sample_vectorised, seed_all, to_chains
+from inference.common import importance_weights, init_values, sample_vectorised, seed_all, to_chains
 from inference.mcmc import continuous_only
 from zoo.errors import InferenceError
 from zoo.problem import Problem
@@ -32,7 +32,7 @@ GUIDES = {
     "diag": ag.AutoDiagonalNormal,
     "full_rank": ag.AutoMultivariateNormal,
     "low_rank": ag.AutoLowRankMultivariateNormal,
-    "flow": lambda model: ag.AutoIAFNormal(model, num_transforms=2),
+    "flow": partial(ag.AutoIAFNormal, num_transforms=2),
     "delta": ag.AutoDelta,
     "laplace": ag.AutoLaplaceApproximation,
 }
@@ -49,7 +49,7 @@ def train(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float,
     """
     seed_all(seed)
     pyro.clear_param_store()
-    q = GUIDES[guide](problem.model)
+    q = GUIDES[guide](problem.model, init_loc_fn=init_to_value(values=init_values(problem, seed)))
     optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps)})
     svi = SVI(problem.model, q, optim,
               Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
@@ -59,9 +59,12 @@ def train(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float,
         for step in tqdm(range(num_steps), desc=f"svi {guide}", disable=not progress, leave=False):
             loss = svi.step()
             if not math.isfinite(loss):
-                raise InferenceError(
-                    f"model {problem.name!r}, back-end 'svi' (guide {guide!r}): the ELBO became "
-                    f"{-loss} at step {step}; try a smaller lr (was {lr})")
+                hint = (f"try a smaller lr (was {lr})" if math.isnan(loss) else
+                        "a guide draw fell where the model has zero density: the posterior's "
+                        "support is narrower than the guide's (a Uniform(0, theta) likelihood "
+                        "needs theta > max x), so KL(q || p) is infinite")
+                raise InferenceError(f"model {problem.name!r}, back-end 'svi' (guide {guide!r}): "
+                                     f"the ELBO became {-loss} at step {step}; {hint}")
             trace.append(-loss)
     if guide == "laplace":
         q = q.laplace_approximation()
@@ -70,11 +73,8 @@ def train(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float,
 
 def elbo_estimate(problem: Problem, guide: Any, num: int) -> tuple[float, float]:
     """Monte Carlo ELBO and importance-weighted log evidence with ``num`` guide draws."""
-    with torch.no_grad(), pyro.validation_enabled(False):
-        log_w, _, _ = vectorized_importance_weights(
-            problem.model, guide, num_samples=num, max_plate_nesting=problem.max_plate_nesting)
-    log_w = log_w.reshape(-1).double()
-    return float(log_w.mean()), float(torch.logsumexp(log_w, 0) - math.log(num))
+    log_w, _ = importance_weights(problem, guide, num)
+    return float(log_w.mean()), float(np.logaddexp.reduce(log_w) - math.log(num))
 
 
 def fit(problem: Problem, *, seed: int, guide: str, num_steps: int, lr: float, lr_decay: float,

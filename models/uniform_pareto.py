@@ -69,4 +69,8 @@ SPEC = ModelSpec(
     sizes={"N": 30},
     seed_section="004 2.1.3 (conjugate table, row 8: Uniform likelihood, Pareto prior)",
     exact=exact,
+    limits={"svi": "the posterior's support, theta > max(x), depends on the data, and every guide "
+                   "puts mass below it, where the likelihood is zero: KL(q || p) and the ELBO are "
+                   "infinite (004 2.2.1: q and p must share a support). Use exact, importance "
+                   "(prior proposal) or nuts"},
 )

@@ -51,7 +51,7 @@ def test_nuts_on_a_hard_edge_reports_divergences():
 
 @pytest.mark.parametrize("name", EXACT_MODELS)
 def test_importance_matches_exact_and_estimates_evidence(name):
-    cmp = zoo.compare(name, backends=["importance"])
+    cmp = zoo.compare(name, backends=["importance"], num_particles=100_000)
     _check(cmp, "importance")
     row = cmp.table.iloc[0]
     # delta method: sd of log(mean w) is about 1/sqrt(weight ESS)

@@ -61,8 +61,8 @@ def test_cli_reads_data_files(tmp_path):
     assert main(["run", "beta_bernoulli", "--backend", "exact", "--data", str(tmp_path / "d.npz"),
                  "--hyper", "alpha=1", "--hyper", "beta=1", "--out", str(tmp_path)]) == 0
     res = zoo.load(tmp_path / "beta_bernoulli_exact.nc")
-    # Beta(1 + 4, 1 + 2): mean 5/7
-    assert abs(res.draws("p").mean() - 5 / 7) < 5 * stats.beta(5, 3).std() / np.sqrt(4000)
+    # Beta(1 + 4, 1 + 2): mean 5/8
+    assert abs(res.draws("p").mean() - 5 / 8) < 5 * stats.beta(5, 3).std() / np.sqrt(4000)
 
 
 def test_load_missing_file(tmp_path):

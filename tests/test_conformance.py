@@ -14,6 +14,7 @@ import models
 import zoo
 from inference.common import log_densities
 from zoo import registry
+from zoo.api import not_applicable
 from zoo.problem import prepare
 
 # Small settings: these tests check shapes, names and plumbing, not accuracy.
@@ -59,8 +60,7 @@ def test_spec_is_complete(name):
 def test_backend_returns_inference_data(name, backend):
     data = _data(name)
     problem = prepare(zoo.get_model(name), data)
-    b = registry.get_backend(problem.spec, backend)
-    reason = b.applicable(problem) if b.applicable else None
+    reason = not_applicable(problem, registry.get_backend(problem.spec, backend))
     if reason:
         with pytest.raises(zoo.ZooError, match="does not apply"):
             zoo.run(name, backend, data=data, **FAST[backend])

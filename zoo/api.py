@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from inference.common import log_densities, seed_all, single_thread
 from zoo import arviz_io, registry, scoring
-from zoo.errors import ZooError
+from zoo.errors import InferenceError, ZooError
 from zoo.files import write_text
 from zoo.problem import Problem, _check_hyper, check_options, prepare, trace_model
 from zoo.spec import DataKey, ExactPosterior, ModelSpec
@@ -140,7 +140,8 @@ def simulate(name: str, seed: int = 0, hyper: Mapping[str, Any] | None = None,
             raise ZooError(f"model {name!r}: size {k} must be a positive integer, got {v!r}")
     rng = np.random.default_rng(seed)
     inputs = spec.inputs(rng, sizes, np_h) if spec.inputs else {}
-    problem_inputs = {k: torch.as_tensor(np.asarray(v)) if np.ndim(v) else v for k, v in inputs.items()}
+    problem_inputs = {k: torch.as_tensor(np.asarray(v)) if np.ndim(v) else np.asarray(v).item()
+                      for k, v in inputs.items()}
     params = inspect.signature(spec.model).parameters
     size_kw = {k: v for k, v in sizes.items() if k in params and k not in spec.data}
     model = spec.model
@@ -158,7 +159,7 @@ def simulate(name: str, seed: int = 0, hyper: Mapping[str, Any] | None = None,
         value = site["value"].detach().numpy()
         if site_name in spec.data and spec.data[site_name].observed:
             data[site_name] = value.astype(np.int64) if spec.data[site_name].dtype == "long" else value
-        elif not site["is_observed"] and not poutine.util.site_is_subsample(site):
+        elif (site_name in (truth or {}) or not site["is_observed"]) and not poutine.util.site_is_subsample(site):
             latent[site_name] = value
     return data, latent
 
@@ -169,7 +170,9 @@ def _as_float64(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _default_data(name: str, hyper: Mapping[str, Any] | None) -> dict:
-    return simulate(name, seed=0, hyper=hyper)[0]
+    """A registered model's example data, else ``simulate(name, seed=0)``."""
+    example = registry.get_model(name).example
+    return dict(example) if example is not None else simulate(name, seed=0, hyper=hyper)[0]
 
 
 def _prepare_run(name: str, backend: str, data, hyper, options: Mapping[str, Any]):
@@ -179,8 +182,12 @@ def _prepare_run(name: str, backend: str, data, hyper, options: Mapping[str, Any
         data = _default_data(name, hyper)
     problem = prepare(spec, data, hyper)
     opts = check_options(problem, b, options)
-    reason = b.applicable(problem) if b.applicable else None
-    return problem, b, opts, reason
+    return problem, b, opts, not_applicable(problem, b)
+
+
+def not_applicable(problem: Problem, backend) -> str | None:
+    """Why ``backend`` cannot run on ``problem``: its own check, then the model's limits."""
+    return (backend.applicable(problem) if backend.applicable else None) or problem.spec.limits.get(backend.name)
 
 
 def _check_seed(seed: Any) -> int:
@@ -236,7 +243,7 @@ def run(name: str, backend: str = "nuts", data: Mapping[str, Any] | None = None,
     problem, b, opts, reason = _prepare_run(name, backend, data, hyper, options)
     if reason:
         applicable = [k for k, x in registry.backends_for(problem.spec).items()
-                      if not (x.applicable and x.applicable(problem))]
+                      if not not_applicable(problem, x)]
         raise ZooError(f"model {name!r}: back-end {backend!r} does not apply: {reason}. "
                        f"Back-ends that apply: {', '.join(applicable)}")
     return _execute(problem, b, opts, seed, backend)
@@ -297,7 +304,11 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
         if reason:
             rows.append({"backend": label, "note": f"not applicable: {reason}"})
             continue
-        result = _execute(problem, b, opts, seed, label)
+        try:
+            result = _execute(problem, b, opts, seed, label)
+        except InferenceError as e:  # one back-end breaking down does not hide the others
+            rows.append({"backend": label, "note": f"failed: {e}"})
+            continue
         results[label] = result
         scalars = arviz_io.scalar_stats(result.idata)
         if exact is not None:
@@ -346,6 +357,7 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
     spec = ModelSpec(
         name=name, model=model, data=keys, latent_sites=(), seed_section=seed_section, exact=exact,
         inputs=lambda rng, sizes, hyper: {k: v for k, v in example.items() if not keys[k].observed},
+        example=example,
     )
     prepare(spec, data, None)  # validates the example data and the model once more
     registry.add_model(spec, overwrite=overwrite)

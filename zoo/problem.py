@@ -88,7 +88,7 @@ def _show(values: np.ndarray, index: np.ndarray, limit: int = 5) -> str:
     parts = []
     for i in idx[:limit]:
         pos = tuple(int(j) for j in i)
-        parts.append(f"{pos[0] if len(pos) == 1 else pos}: {values[pos]!r}")
+        parts.append(f"{pos[0] if len(pos) == 1 else pos}: {values[pos].item()!r}")
     more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
     return "{" + ", ".join(parts) + "}" + more
 

@@ -89,6 +89,9 @@ class ModelSpec:
         these hyperparameters (Laplace prior).
     backends : model-specific back-ends, name to module exposing ``OPTIONS`` and ``fit``.
     check : extra validation ``check(data, hyper) -> None`` raising ZooError.
+    example : default data (a registered model's example); None to simulate it.
+    limits : generic back-ends that cannot work on this model, with the reason (shown in the
+        comparison table and in the error).
     """
 
     name: str
@@ -103,6 +106,8 @@ class ModelSpec:
     no_exact: Callable[[dict], str | None] | None = None
     backends: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[dict, dict], None] | None = None
+    example: Mapping[str, Any] | None = None
+    limits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def doc(self) -> str:
