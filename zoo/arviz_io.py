@@ -114,9 +114,13 @@ def plot_comparison(idatas: Mapping[str, az.InferenceData], out: str | Path, tit
     files = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = az.plot_forest(data, model_names=names, combined=True, hdi_prob=0.94,
-                              figsize=(7, 1.2 + 0.5 * len(names) * _num_scalars(data[0])))
-        fig = np.atleast_1d(axes)[0].get_figure()
+        variables = list(data[0].posterior.data_vars)
+        fig, axes = plt.subplots(1, len(variables), squeeze=False,
+                                 figsize=(4.5 * len(variables), 1.5 + 0.4 * len(names) * _num_scalars(data[0])))
+        for var, ax in zip(variables, axes[0]):  # one panel per variable: each its own scale
+            az.plot_forest(data, model_names=names, var_names=[var], combined=True, hdi_prob=0.94,
+                           ax=ax, legend=var == variables[-1])
+            ax.set_title(var)
         fig.suptitle(f"{title}: 94% intervals by back-end")
         files.append(_savefig(fig, out / "forest.png"))
         plt.close(fig)
