@@ -11,17 +11,17 @@ from functools import partial
 
 from pyro.infer import HMC
 
-from inference.mcmc import MCMC_OPTIONS, continuous_only, run_chains
+from inference.mcmc import MCMC_OPTIONS, SafePotential, continuous_only, run_chains
 from zoo.problem import Problem
 from zoo.spec import Backend, Fit
 
 
-class FixedStepsHMC(HMC):
+class FixedStepsHMC(SafePotential, HMC):
     """Pyro's HMC, but with ``num_steps`` leapfrog steps whatever the adapted step size.
 
     Pyro's own HMC turns ``num_steps`` into a trajectory length and then takes
     trajectory_length / step_size steps, which on a hard edge (step size 1e-5) meant hundreds
-    of thousands of steps per iteration.
+    of thousands of steps per iteration. Numerical failures are rejected (`SafePotential`).
     """
 
     def __init__(self, model, *, num_steps: int, **kwargs):

@@ -19,6 +19,28 @@ from zoo.problem import Problem
 from zoo.spec import Fit
 
 
+class SafePotential:
+    """Mixin for Pyro's HMC kernels: a potential that fails numerically (a Cholesky factor of
+    an overflowing precision matrix) returns NaN, which the sampler rejects as a divergence.
+
+    Pyro catches such errors itself but then leaves ``requires_grad`` set on the position and
+    the next leapfrog step crashes ("you can only change requires_grad flags of leaf
+    variables"), as seen with HMC on ``mvn_wishart``.
+    """
+
+    def _initialize_model_properties(self, model_args, model_kwargs):
+        super()._initialize_model_properties(model_args, model_kwargs)
+        potential = self.potential_fn
+
+        def safe(z):
+            try:
+                return potential(z)
+            except (RuntimeError, ValueError):
+                return sum((v * 0).sum() for v in z.values()) + float("nan")
+
+        self.potential_fn = safe
+
+
 def continuous_only(problem: Problem) -> str | None:
     """Reason a gradient-based back-end cannot run: discrete latent sites."""
     if problem.discrete_sites:
