@@ -69,4 +69,5 @@ SPEC = ModelSpec(
     seed_section="000 beta分布 (Beta prior, Thompson sampling), 004 2.1.3 (conjugate table, "
                  "Bernoulli row), 003 七 (apples: Beta(50,50) -> Beta(58,52) -> Beta(67,53))",
     exact=exact,
+    posterior_hyper=lambda post: {"alpha": post.extra["alpha_n"], "beta": post.extra["beta_n"]},
 )

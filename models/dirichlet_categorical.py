@@ -67,4 +67,5 @@ SPEC = ModelSpec(
     seed_section="004 2.1.3 (conjugate table, row 6: Multinomial likelihood, Dirichlet prior), "
                  "003 七 (apple sizes)",
     exact=exact,
+    posterior_hyper=lambda post: {"alpha": post.extra["alpha_n"]},
 )

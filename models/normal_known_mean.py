@@ -68,4 +68,5 @@ SPEC = ModelSpec(
     seed_section="004 2.1.3 (conjugate table, row 2: Gaussian likelihood, Gamma prior on the "
                  "precision)",
     exact=exact,
+    posterior_hyper=lambda post: {"a0": post.extra["a_n"], "b0": post.extra["b_n"]},
 )

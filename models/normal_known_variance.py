@@ -71,4 +71,5 @@ SPEC = ModelSpec(
     sizes={"N": 30},
     seed_section="004 2.1.3 (conjugate table, row 1: Gaussian likelihood, Gaussian prior on mu)",
     exact=exact,
+    posterior_hyper=lambda post: {"mu0": post.extra["mu_n"], "sigma0": post.extra["sigma_n"]},
 )

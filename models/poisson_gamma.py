@@ -67,4 +67,5 @@ SPEC = ModelSpec(
     sizes={"N": 50},
     seed_section="004 2.1.3 (conjugate table, row 7: Poisson likelihood, Gamma prior)",
     exact=exact,
+    posterior_hyper=lambda post: {"a0": post.extra["a_n"], "b0": post.extra["b_n"]},
 )

@@ -12,7 +12,10 @@ import pytest
 
 import models
 import zoo
-from inference.common import log_densities
+import torch
+from pyro import poutine
+
+from inference.common import log_densities, prior, sample_vectorised
 from zoo import registry
 from zoo.api import not_applicable
 from zoo.problem import prepare
@@ -90,6 +93,22 @@ def test_exact_log_prob_is_the_model_posterior(name):
     np.testing.assert_allclose(implied, post.log_evidence, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("name", list(registry.MODELS))
+def test_vectorised_log_density_equals_one_draw_at_a_time(name):
+    """Back-ends evaluate the model for many draws at once under an outer plate; a model that
+    indexes or broadcasts wrongly there (``p[..., arm]`` instead of ``Vindex``) shows here."""
+    problem = prepare(zoo.get_model(name), _data(name))
+    draws = sample_vectorised(problem, prior(problem), 4)
+    log_joint, log_lik = log_densities(problem, draws)
+    for i in range(4):
+        values = {k: torch.as_tensor(v[i]) for k, v in draws.items()}
+        tr = poutine.trace(poutine.condition(problem.model, values)).get_trace()
+        tr.compute_log_prob()
+        np.testing.assert_allclose(log_joint[i], float(tr.log_prob_sum()), rtol=1e-9)
+        for site in problem.observed:
+            np.testing.assert_allclose(log_lik[site][i], tr.nodes[site]["log_prob"].numpy(), rtol=1e-9)
+
+
 @pytest.mark.parametrize("backend", [b for b in FAST if b != "cavi"])
 def test_same_seed_same_draws(backend):
     data = _data("normal_known_variance")
@@ -108,6 +127,11 @@ def test_simulate_is_reproducible():
         np.testing.assert_array_equal(a[k], b[k])
     np.testing.assert_array_equal(ta["w"], tb["w"])
     assert not np.array_equal(a["y"], c["y"])
+
+
+def test_simulate_refuses_a_hyperparameter_as_a_size():
+    with pytest.raises(zoo.ZooError, match="K is a hyperparameter"):
+        zoo.simulate("bernoulli_bandit", K=5)
 
 
 def test_simulate_sizes_and_truth():

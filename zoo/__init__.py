@@ -11,7 +11,9 @@ from importlib import import_module
 from zoo.errors import InferenceError, ZooError
 
 _API = ["Comparison", "Result", "compare", "get_model", "list_backends", "list_models", "load",
-        "register", "run", "simulate"]
+        "register", "run", "simulate", "simulate_bandit", "sequential_update"]
+# Names defined outside zoo.api, and their module.
+_MODULES = {"simulate_bandit": "zoo.bandit", "sequential_update": "zoo.sequential"}
 __all__ = _API + ["InferenceError", "ZooError"]
 
 
@@ -19,5 +21,5 @@ def __getattr__(name: str):
     # The API is loaded on first use, so model modules can import zoo.spec without a cycle
     # (zoo.api imports the registry, which imports every model module).
     if name in _API:
-        return getattr(import_module("zoo.api"), name)
+        return getattr(import_module(_MODULES.get(name, "zoo.api")), name)
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")

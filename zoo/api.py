@@ -134,6 +134,9 @@ def simulate(name: str, seed: int = 0, hyper: Mapping[str, Any] | None = None,
     """
     spec = registry.get_model(name)
     torch_h, np_h, implied = _check_hyper(spec, hyper)
+    for k, v in sizes.items():
+        if k in spec.hyper:
+            raise ZooError(f"model {name!r}: {k} is a hyperparameter; pass hyper={{{k!r}: {v!r}}}")
     sizes = {**spec.sizes, **implied, **sizes}
     for k, v in sizes.items():
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m zoo list | run | compare``.
+"""Command line: ``python -m zoo list | run | compare | bandit``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     python -m zoo run normal_gamma --backend nuts --seed 0 --out out/ng
     python -m zoo compare normal_gamma --backends exact,nuts,svi,cavi --out out/ng
     python -m zoo compare bayesian_linear_regression --hyper prior=laplace --num-steps 2000
+    python -m zoo bandit --probs 0.1,0.2,0.3 --horizon 2000 --policy thompson,ucb1 --seeds 5 --out out/b
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoo import api
+from zoo import api, bandit
 from zoo.errors import InferenceError, ZooError
+from zoo.files import write_text
 
 # Back-end options offered as flags; each is passed only when given, and `compare` gives it
 # to every back-end that accepts it.
@@ -75,12 +77,44 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="nuts")
     compare = sub.add_parser("compare", parents=[common], help="compare back-ends against the exact posterior")
     compare.add_argument("--backends", help="comma-separated labels (default: all of the model's)")
+    play = sub.add_parser("bandit", help="play a Bernoulli bandit: Thompson sampling, UCB1, epsilon-greedy")
+    play.add_argument("--probs", required=True, help="comma-separated success probabilities of the arms")
+    play.add_argument("--horizon", type=int, default=1000, help="rounds per run")
+    play.add_argument("--policy", default="thompson",
+                      help="comma-separated: thompson, ucb1, epsilon_greedy; thompson:BACKEND for Thompson "
+                           "sampling on that back-end")
+    play.add_argument("--backend", default="exact", help="Thompson sampling's posterior (default exact)")
+    play.add_argument("--refit", type=int, default=1, help="update the posterior every REFIT rounds")
+    play.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of epsilon_greedy")
+    play.add_argument("--seed", type=int, default=0, help="first seed")
+    play.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...)")
+    play.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="back-end option for Thompson refits, VALUE in JSON (repeatable)")
+    play.add_argument("--out", help="folder for bandit.csv and regret.png")
     return parser
 
 
 def _print_table(table: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
         print(table.to_string(index=False))
+
+
+def _bandit(args: argparse.Namespace) -> int:
+    try:
+        probs = [float(p) for p in args.probs.split(",")]
+    except ValueError:
+        raise ZooError(f"--probs must be comma-separated numbers, got {args.probs!r}") from None
+    if args.seeds < 1:
+        raise ZooError(f"--seeds must be a positive integer, got {args.seeds}")
+    frame = bandit.regret_curves(probs, args.horizon, args.policy.split(","),
+                                 seeds=range(args.seed, args.seed + args.seeds), backend=args.backend,
+                                 refit=args.refit, epsilon=args.epsilon, **_key_values(args.option, "--option"))
+    print(f"final cumulative regret after {args.horizon} rounds (probs {probs}):")
+    _print_table(bandit.final_regret(frame).reset_index())
+    if args.out:
+        print("wrote", write_text(Path(args.out) / "bandit.csv", frame.to_csv(index=False)))
+        print("wrote", bandit.plot_regret(frame, Path(args.out) / "regret.png"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 spec = api.get_model(name)
                 print(f"{name:28s} {', '.join(api.list_backends(name)):50s} {spec.seed_section}")
             return 0
+        if args.command == "bandit":
+            return _bandit(args)
         options = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None}
         options.update(_key_values(args.option, "--option"))
         hyper = _key_values(args.hyper, "--hyper") or None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from inference import exact, hmc, importance, nuts, svi
 from models import (
     bayesian_linear_regression,
+    bernoulli_bandit,
     beta_bernoulli,
     dirichlet_categorical,
     mvn_wishart,
@@ -32,6 +33,7 @@ MODULES = [
     poisson_gamma,
     uniform_pareto,
     bayesian_linear_regression,
+    bernoulli_bandit,
 ]
 
 MODELS: dict[str, ModelSpec] = {m.SPEC.name: m.SPEC for m in MODULES}

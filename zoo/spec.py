@@ -92,6 +92,8 @@ class ModelSpec:
     example : default data (a registered model's example); None to simulate it.
     limits : generic back-ends that cannot work on this model, with the reason (shown in the
         comparison table and in the error).
+    posterior_hyper : for a posterior in the prior's family, ``posterior_hyper(exact) -> dict``:
+        the hyperparameters that make the exact posterior the next prior (`zoo.sequential_update`).
     """
 
     name: str
@@ -108,6 +110,7 @@ class ModelSpec:
     check: Callable[[dict, dict], None] | None = None
     example: Mapping[str, Any] | None = None
     limits: Mapping[str, str] = field(default_factory=dict)
+    posterior_hyper: Callable[[ExactPosterior], dict[str, Any]] | None = None
 
     @property
     def doc(self) -> str:
