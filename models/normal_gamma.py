@@ -20,9 +20,11 @@ def model(x=None, N=None, mu0=0.0, kappa0=1.0, a0=2.0, b0=2.0):
         x_i | mu, tau ~ Normal(mu, 1 / tau)       # i = 1..N
 
     The joint posterior is again Normal-Gamma, and the marginal posterior of ``mu`` is a
-    Student-t. The prior ties ``mu`` to ``tau``, so the posterior is correlated and a
-    mean-field q(mu) q(tau) (the notes' 2.2.3, back-end ``cavi``; SVI ``mean_field``) is too
-    narrow in ``mu``.
+    Student-t. ``mu`` and ``tau`` are uncorrelated but dependent: the spread of ``mu`` given
+    ``tau`` is 1 / sqrt(kappa_n tau). A mean-field q(mu) q(tau) (the notes' 2.2.3, back-end
+    ``cavi``; SVI ``mean_field``) gives ``mu`` one normal width and loses the Student-t's extra
+    spread: its sd is sqrt(1 - 1/a_n) of the exact one. A full-rank Gaussian guide cannot
+    capture this dependence either (it is not a correlation).
     """
     tau = pyro.sample("tau", dist.Gamma(a0, b0))
     mu = pyro.sample("mu", dist.Normal(mu0, (kappa0 * tau).rsqrt()))

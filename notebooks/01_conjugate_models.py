@@ -322,16 +322,22 @@ ratios["mean field, closed form"] = mf_ratio
 print("posterior correlation of w[0], w[1]:", round(S[0, 1] / np.sqrt(S[0, 0] * S[1, 1]), 3))
 display(ratios)
 
-# Gaussian target: the mean-field optimum has the exact means and sd 1/sqrt(Lambda_jj);
-# its KL is 0.5 * log(prod Lambda_jj * det S). 0.05 on sd ratios and 0.02 on the ELBO gap
-# cover optimisation noise and Monte Carlo error of 4000 draws and 2000 ELBO particles.
-kl_mf = 0.5 * np.log(np.prod(np.diag(np.linalg.inv(S))) * np.linalg.det(S))
+# Gaussian target: the mean-field optimum q = N(m, D), D = diag(1 / Lambda_jj), has the exact
+# means and KL(q || p) = 0.5 log(prod Lambda_jj det S). Its ELBO is estimated from 2000 draws
+# (svi's num_elbo_particles) of log weights with variance 0.5 tr((I - Lambda D)^2): 4 standard
+# errors bound the measured gap. The full-rank q is close to p, so its log weights barely vary
+# and its gap is the optimiser's stopping error (< 0.05 nats). 0.05 on sd ratios covers the
+# optimiser and 4000 draws (Monte Carlo sd about 0.011).
+Lam = np.linalg.inv(S)
+kl_mf = 0.5 * np.log(np.prod(np.diag(Lam)) * np.linalg.det(S))
+M = np.eye(3) - Lam @ np.diag(1 / np.diag(Lam))
+se_elbo = np.sqrt(0.5 * np.trace(M @ M) / 2000)
 gaps2 = cmp2.table.set_index("backend")["elbo_gap"]
-print(f"mean-field KL, closed form {kl_mf:.3f}; measured gaps: svi {gaps2['svi']:.3f}, "
-      f"full rank {gaps2['svi:full_rank']:.3f}")
+print(f"mean-field KL, closed form {kl_mf:.3f} (ELBO standard error {se_elbo:.3f}); "
+      f"measured gaps: svi {gaps2['svi']:.3f}, full rank {gaps2['svi:full_rank']:.3f}")
 assert np.allclose(ratios["svi"], mf_ratio, atol=0.05)
 assert np.allclose(ratios["svi:full_rank"], 1, atol=0.05)
-assert abs(gaps2["svi"] - kl_mf) < 0.02 and abs(gaps2["svi:full_rank"]) < 0.02
+assert abs(gaps2["svi"] - kl_mf) < 4 * se_elbo and 0 <= gaps2["svi:full_rank"] + 0.01 < 0.05
 assert cmp2.table.set_index("backend").loc["svi:full_rank", "max_abs_z"] < 0.25
 
 # %% [markdown]

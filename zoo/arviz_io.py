@@ -51,11 +51,13 @@ def scalar_stats(idata: az.InferenceData) -> pd.DataFrame:
         for j in range(flat.shape[-1]):
             idx = np.unravel_index(j, shape) if shape else ()
             name = var + (f"[{','.join(map(str, idx))}]" if shape else "")
+            sd = float(flat[..., j].std(ddof=1))
+            constant = np.nan if sd == 0 else 1.0  # a point estimate (MAP) has no ESS
             rows.append({
                 "var": var, "index": idx, "name": name,
-                "mean": float(flat[..., j].mean()), "sd": float(flat[..., j].std(ddof=1)),
-                "ess_bulk": float(np.asarray(ess_bulk[var].values)[idx]),
-                "ess_tail": float(np.asarray(ess_tail[var].values)[idx]),
+                "mean": float(flat[..., j].mean()), "sd": sd,
+                "ess_bulk": constant * float(np.asarray(ess_bulk[var].values)[idx]),
+                "ess_tail": constant * float(np.asarray(ess_tail[var].values)[idx]),
                 "r_hat": float(np.asarray(rhat[var].values)[idx]) if rhat is not None else float("nan"),
             })
     return pd.DataFrame(rows)
