@@ -54,7 +54,7 @@ def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, nu
     """Run ``num_chains`` chains of the kernel ``make_kernel(model)`` one after another."""
     draws: dict[str, list[np.ndarray]] = {k: [] for k in problem.latent_sites}
     diverging, accept = [], []
-    for chain, chain_seed in enumerate(chain_seeds(seed, num_chains)):
+    for chain_seed in chain_seeds(seed, num_chains):
         init = init_to_value(values=init_values(problem, chain_seed))
         seed_all(chain_seed)
         kernel = make_kernel(problem.model, init_strategy=init, max_plate_nesting=problem.max_plate_nesting)

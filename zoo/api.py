@@ -19,7 +19,7 @@ from inference.common import log_densities, seed_all, single_thread
 from zoo import arviz_io, registry, scoring
 from zoo.errors import InferenceError, ZooError
 from zoo.files import write_text
-from zoo.problem import Problem, _check_hyper, check_options, prepare, trace_model
+from zoo.problem import Problem, _check_data, _check_hyper, check_options, prepare, trace_model
 from zoo.spec import DataKey, ExactPosterior, ModelSpec
 
 EXACT_REFERENCE_DRAWS = 20000
@@ -369,8 +369,6 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
 
 def prepare_inputs(spec: ModelSpec, data: Mapping[str, Any]) -> dict[str, Any]:
     """Data converted as `prepare` would, without support checks (used to trace a new model)."""
-    from zoo.problem import _check_data
-
     return _check_data(spec, data, {})[0]
 
 

@@ -20,7 +20,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
 from zoo.errors import ZooError, unknown_name
-from zoo.spec import Backend, ExactPosterior, Hyper, ModelSpec
+from zoo.spec import Backend, ExactPosterior, ModelSpec
 
 DTYPE = torch.float64
 
