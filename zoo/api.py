@@ -178,14 +178,15 @@ def _default_data(name: str, hyper: Mapping[str, Any] | None) -> dict:
     return dict(example) if example is not None else simulate(name, seed=0, hyper=hyper)[0]
 
 
-def _prepare_run(name: str, backend: str, data, hyper, options: Mapping[str, Any]):
-    spec = registry.get_model(name)
-    b = registry.get_backend(spec, backend)
-    if data is None:
-        data = _default_data(name, hyper)
-    problem = prepare(spec, data, hyper)
-    opts = check_options(problem, b, options)
-    return problem, b, opts, not_applicable(problem, b)
+def _prepare_problem(spec: ModelSpec, data, hyper) -> Problem:
+    """Validate the data (the model's default data when None) and hyperparameters once."""
+    return prepare(spec, _default_data(spec.name, hyper) if data is None else data, hyper)
+
+
+def _plan(problem: Problem, backend: str, options: Mapping[str, Any]):
+    """The back-end, its validated options and why it does not apply (or None)."""
+    b = registry.get_backend(problem.spec, backend)
+    return b, check_options(problem, b, options), not_applicable(problem, b)
 
 
 def not_applicable(problem: Problem, backend) -> str | None:
@@ -243,7 +244,10 @@ def run(name: str, backend: str = "nuts", data: Mapping[str, Any] | None = None,
         for any bad input, before inference starts.
     """
     seed = _check_seed(seed)
-    problem, b, opts, reason = _prepare_run(name, backend, data, hyper, options)
+    spec = registry.get_model(name)
+    registry.get_backend(spec, backend)  # an unknown back-end is reported before the data
+    problem = _prepare_problem(spec, data, hyper)
+    b, opts, reason = _plan(problem, backend, options)
     if reason:
         applicable = [k for k, x in registry.backends_for(problem.spec).items()
                       if not not_applicable(problem, x)]
@@ -287,8 +291,7 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
     for k in common:
         if k not in accepted:
             raise ZooError(f"model {name!r}: option {k!r} is accepted by none of the back-ends {labels}")
-    if data is None:
-        data = _default_data(name, hyper)
+    problem = _prepare_problem(spec, data, hyper)  # one validated problem serves every back-end
     plans = []
     for label in labels:
         backend, extra = _parse_label(label)
@@ -297,13 +300,12 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
         opts.update(extra, **options.get(label, {}))
         if progress is not None:
             opts["progress"] = progress
-        plans.append((label, *_prepare_run(name, backend, data, hyper, opts)))
+        plans.append((label, *_plan(problem, backend, opts)))
     results: dict[str, Result] = {}
     rows, scalar_frames = [], []
-    problem = plans[0][1]
     exact = problem.exact()
     exact_draws = exact.sample(np.random.default_rng(seed + 1), EXACT_REFERENCE_DRAWS) if exact else None
-    for label, problem, b, opts, reason in tqdm(plans, desc=f"compare {name}", disable=not progress):
+    for label, b, opts, reason in tqdm(plans, desc=f"compare {name}", disable=not progress):
         if reason:
             rows.append({"backend": label, "note": f"not applicable: {reason}"})
             continue
