@@ -1,9 +1,11 @@
-"""Every back-end on every model, scored against the exact posterior: one markdown table.
+"""Every back-end on every model, scored against the exact posterior or the model's peer.
 
 Runs ``zoo.compare`` for each model with all of its back-ends (generic and model-specific) on
-data simulated with ``--seed``, at the back-ends' default settings, or at small ones with
-``--quick``. Prints one table with a row per model and applicable back-end; back-ends that do
-not apply are listed with the reason underneath. This is a benchmark, not a test: nothing is
+data simulated with ``--seed`` (and its truth, for the clustering scores), at the back-ends'
+default settings, or at small ones with ``--quick``. Prints one markdown table per model with
+a row per applicable back-end and the model's own score columns (log-likelihood per point
+beside scikit-learn's, adjusted Rand index, occupied clusters ...); back-ends that do not apply,
+or that the model leaves out of its default comparison as too slow, are listed with the reason. This is a benchmark, not a test: nothing is
 asserted, and the timings depend on the machine and its load.
 
 Examples::
@@ -25,10 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 import zoo
-from zoo import registry
+from zoo import registry, scoring
 
-COLUMNS = ["model", "backend", "seconds", "ess_per_second", "max_abs_z", "sd_ratio_min",
-           "sd_ratio_max", "correct"]
+COLUMNS = ["model", "backend", "seconds", "steps", "ess_per_second", "r_hat_max", "max_abs_z",
+           "sd_ratio_min", "sd_ratio_max", "correct", "recommended"]
 # --quick: short chains, short SVI runs and fewer particles; every back-end takes the options
 # it accepts and ignores the others.
 QUICK = {"num_samples": 200, "num_warmup": 200, "num_chains": 2, "num_steps": 500}
@@ -57,16 +59,21 @@ def benchmark(model: str, *, quick: bool, seed: int) -> pd.DataFrame:
     exact reference draws), so that one back-end that fails is reported in its row instead of
     losing the others.
     """
-    data, _ = zoo.simulate(model, seed=seed)
+    data, truth = zoo.simulate(model, seed=seed)
+    spec = zoo.get_model(model)
     rows = []
     for backend in zoo.list_backends(model):
+        if backend in spec.skip_by_default:
+            rows.append(pd.DataFrame([{"backend": backend,
+                                       "note": f"not applicable by default (too slow): {spec.skip_by_default[backend]}"}]))
+            continue
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 accepted = registry.get_backend(zoo.get_model(model), backend).options
                 settings = {k: v for k, v in QUICK.items() if k in accepted} if quick else {}
-                cmp = zoo.compare(model, backends=[backend], data=data, seed=seed, **settings)
+                cmp = zoo.compare(model, backends=[backend], data=data, seed=seed, truth=truth, **settings)
             rows.append(cmp.table)
         except Exception as e:  # a benchmark reports failures, it does not stop on them
             print(f"[{model}] {backend} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -84,18 +91,28 @@ def _jsonable(value):
 
 
 def render(full: pd.DataFrame) -> str:
-    """The markdown table of the applicable back-ends, then one line per back-end that does
-    not apply (with the reason) or failed (with the error)."""
+    """One markdown table per model over the applicable back-ends, with the model's own score
+    columns, then one line per back-end that does not apply (with the reason) or failed."""
     notes = full["note"].fillna("") if "note" in full else pd.Series("", index=full.index)
     applies = ~notes.str.startswith("not applicable")
-    table = full.loc[applies, [c for c in COLUMNS if c in full.columns]].copy()
-    if "correct" in table:  # a failed back-end has no score: leave the cell empty
-        table["correct"] = [("" if pd.isna(v) else str(bool(v))) for v in table["correct"]]
-    lines = [table.to_markdown(index=False, floatfmt=".3g")]
+    lines = []
+    for model, part in full.loc[applies].groupby("model", sort=False):
+        scores = [c for c in part.columns if c not in scoring.COLUMNS and c != "model"
+                  and part[c].map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all()
+                  and part[c].notna().any()]
+        lines += [f"\n{model}\n", _table(part[[c for c in COLUMNS + scores if c in part.columns]])]
     lines += [f"- {r.model} / {r.backend}: {r.note}" for r in full.loc[~applies].itertuples(index=False)]
     lines += [f"- FAILED {r.model} / {r.backend}: {r.note}"
               for r in full.loc[notes.str.startswith("error")].itertuples(index=False)]
     return "\n".join(lines)
+
+
+def _table(table: pd.DataFrame) -> str:
+    table = table.dropna(axis=1, how="all").copy()
+    for col in ("correct", "recommended"):  # a failed back-end has no score: leave the cell empty
+        if col in table:
+            table[col] = [("" if pd.isna(v) else str(bool(v))) for v in table[col]]
+    return table.to_markdown(index=False, floatfmt=".3g")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     full = pd.concat(tables, ignore_index=True)
     full = full[["model"] + [c for c in full.columns if c != "model"]]
     settings = "quick " + json.dumps(QUICK) if args.quick else "default settings"
-    print(f"\nBack-ends against the exact posterior ({settings}, seed {args.seed})\n")
+    print(f"\nBack-ends against the exact posterior or the model's peer ({settings}, seed {args.seed})")
     print(render(full))
 
     if args.out is not None:

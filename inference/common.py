@@ -7,6 +7,8 @@ evaluated for S draws at once.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -15,12 +17,26 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer.importance import vectorized_importance_weights
+from pyro.infer import config_enumerate, infer_discrete
 
 from zoo.errors import ZooError
 from zoo.problem import DTYPE, Problem
 
 CHUNK = 1000
+
+
+def run_key(problem: Problem, settings: dict[str, Any]) -> str:
+    """A fingerprint of model, data, hyperparameters and run settings: a checkpoint made by
+    another run is never resumed by mistake."""
+    h = hashlib.sha256(json.dumps({"model": problem.name, "hyper": problem.np_hyper, **settings},
+                                  sort_keys=True, default=_jsonable).encode())
+    for k in sorted(problem.np_data):
+        h.update(k.encode() + np.ascontiguousarray(problem.np_data[k]).tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else str(value)
 
 
 def seed_all(seed: int) -> None:
@@ -76,21 +92,65 @@ def _batched(problem: Problem, num: int, run: Callable[[int, int, bool], Any]) -
 def sample_vectorised(problem: Problem, fn: Callable[[], Any], num: int) -> dict[str, np.ndarray]:
     """Draw ``num`` joint samples of the latent sites from ``fn`` (a guide, or the prior).
 
-    Returns arrays shaped ``(num, *site_shape)``.
+    Returns arrays shaped ``(num, *site_shape)`` for every latent site ``fn`` samples (a guide
+    over the continuous sites leaves the discrete ones out: see `complete_draws`).
     """
+    return proposal_draws(problem, fn, num)[0]
 
-    def run(start: int, n: int, vectorised: bool) -> dict[str, np.ndarray]:
-        with torch.no_grad(), (_vectorised(problem, n) if vectorised else nullcontext()):
-            tr = poutine.trace(fn).get_trace()
-        return {k: tr.nodes[k]["value"].detach().reshape((n,) + s.shape).numpy()
-                for k, s in problem.sites.items()}
+
+def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``num`` draws from ``fn`` and their log density log q under it.
+
+    log q sums every sample site of ``fn`` except the model's discrete sites (a prior used as
+    proposal samples those too; they are marginalised, not proposed). An autoguide's auxiliary
+    site carries its joint density, so the sum is the guide's density of the draw.
+    """
+    discrete = set(problem.discrete_sites)
+
+    def run(start: int, n: int, vectorised: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        log_q = torch.zeros(n, dtype=DTYPE)
+        with torch.no_grad(), pyro.validation_enabled(False):
+            with _vectorised(problem, n) if vectorised else nullcontext():
+                tr = poutine.trace(fn).get_trace()
+            for name, site in tr.nodes.items():
+                if site["type"] == "sample" and not site["is_observed"] and name not in discrete \
+                        and not poutine.util.site_is_subsample(site):
+                    lp = site["fn"].log_prob(site["value"])
+                    lp = lp if vectorised else lp.unsqueeze(0)
+                    log_q = log_q + lp.expand((n,) + lp.shape[1:]).reshape(n, -1).sum(1)
+        values = {k: tr.nodes[k]["value"].detach().reshape((n,) + s.shape).numpy()
+                  for k, s in problem.sites.items() if k in tr.nodes and tr.nodes[k]["type"] == "sample"}
+        return values, log_q.double().numpy()
 
     chunks = _batched(problem, num, run)
-    return {k: np.concatenate([c[k] for c in chunks]) for k in problem.sites}
+    return ({k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]},
+            np.concatenate([c[1] for c in chunks]))
+
+
+def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
+            vectorised: bool) -> dict[str, torch.Tensor]:
+    """Draws ``start:start+n`` as tensors shaped for conditioning the model (long for labels)."""
+    def tensor(k: str, v: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(v, dtype=torch.long if problem.sites[k].discrete else DTYPE)
+
+    if vectorised:
+        return {k: _padded(problem, k, tensor(k, v[start:start + n])) for k, v in draws.items()}
+    return {k: tensor(k, v[start]) for k, v in draws.items()}
+
+
+def enumerated(problem: Problem) -> Callable[..., Any]:
+    """The model with every discrete site enumerated in parallel (for marginalisation)."""
+    return config_enumerate(problem.model, default="parallel")
 
 
 def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Log joint density and pointwise log-likelihoods of the model at each draw.
+
+    Discrete latent sites absent from ``draws`` are summed out exactly by enumeration: the
+    result is then log p(data, continuous latents), and an observation's log-likelihood is
+    its mixture density log sum_k p(k) p(x_i | k). This assumes discrete sites local to a
+    data plate that depend only on global latents (mixtures); a chain of dependent discrete
+    sites (an HMM) is not marginalised correctly here.
 
     Parameters
     ----------
@@ -102,31 +162,85 @@ def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.nd
     log_lik : observed site name to (S, *observation_batch_shape) pointwise log-likelihoods.
     """
     num = len(next(iter(draws.values())))
+    marginal = bool(set(problem.discrete_sites) - set(draws))
+    model = enumerated(problem) if marginal else problem.model
 
     def run(start: int, n: int, vectorised: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        if vectorised:
-            values = {k: _padded(problem, k, torch.as_tensor(v[start:start + n], dtype=DTYPE))
-                      for k, v in draws.items()}
-        else:
-            values = {k: torch.as_tensor(v[start], dtype=DTYPE) for k, v in draws.items()}
-        with torch.no_grad(), (_vectorised(problem, n) if vectorised else nullcontext()):
-            tr = poutine.trace(poutine.condition(problem.model, values)).get_trace()
-        tr.compute_log_prob()
-        total, lik = torch.zeros(n, dtype=DTYPE), {}
+        base = problem.max_plate_nesting + int(vectorised)  # dims right of the enumeration dims
+        conditioned = poutine.condition(model, _values(problem, draws, start, n, vectorised))
+        if marginal:
+            conditioned = poutine.enum(conditioned, first_available_dim=-(base + 1))
+        with torch.no_grad():
+            with _vectorised(problem, n) if vectorised else nullcontext():
+                tr = poutine.trace(conditioned).get_trace()
+            tr.compute_log_prob()
+        total, lik, mixed, mixed_obs = torch.zeros(n, dtype=DTYPE), {}, [], []
         for name, site in tr.nodes.items():
             if site["type"] != "sample" or "log_prob" not in site:
                 continue
-            lp = site["log_prob"] if vectorised else site["log_prob"].unsqueeze(0)
+            lp = site["log_prob"]
+            if lp.dim() > base and any(d > 1 for d in lp.shape[:lp.dim() - base]):
+                mixed.append(lp)  # depends on an enumerated site: summed out below
+                if name in problem.observed:
+                    mixed_obs.append(name)
+                continue
+            lp = lp.reshape(lp.shape[lp.dim() - base:]) if lp.dim() > base else lp
+            lp = lp if vectorised else lp.unsqueeze(0)
             lp = lp.expand((n,) + lp.shape[1:])
             total = total + lp.reshape(n, -1).sum(1)
             if name in problem.observed:
                 lik[name] = lp.numpy()
+        if mixed:
+            joint = sum(mixed)
+            per_point = joint.logsumexp(dim=tuple(range(joint.dim() - base)))
+            per_point = per_point if vectorised else per_point.unsqueeze(0)
+            per_point = per_point.expand((n,) + per_point.shape[1:])
+            total = total + per_point.reshape(n, -1).sum(1)
+            for name in mixed_obs:
+                lik[name] = per_point.numpy()
         return total.numpy(), lik
 
     chunks = _batched(problem, num, run)
     log_lik = {k: np.concatenate([c[1][k] for c in chunks]).reshape((num,) + _obs_shape(chunks[0][1][k]))
                for k in problem.observed}
     return np.concatenate([c[0] for c in chunks]), log_lik
+
+
+def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: int = 1) -> dict[str, np.ndarray]:
+    """Draws of the discrete sites given draws of the continuous ones, by ``infer_discrete``.
+
+    ``temperature=1`` samples each draw's discrete sites from their exact conditional
+    posterior (forward-filter backward-sample over the enumerated sites); ``0`` takes the
+    most probable configuration (MAP).
+    """
+    num = len(next(iter(draws.values())))
+
+    def run(start: int, n: int, vectorised: bool) -> dict[str, np.ndarray]:
+        base = problem.max_plate_nesting + int(vectorised)
+        conditioned = poutine.condition(enumerated(problem), _values(problem, draws, start, n, vectorised))
+
+        def model() -> Any:  # the draws plate inside: infer_discrete blocks handlers outside it
+            with _vectorised(problem, n) if vectorised else nullcontext():
+                return conditioned()
+
+        fn = infer_discrete(model, first_available_dim=-(base + 1), temperature=temperature)
+        with torch.no_grad():
+            tr = poutine.trace(fn).get_trace()
+        return {k: tr.nodes[k]["value"].reshape((n,) + problem.sites[k].shape).numpy()
+                for k in problem.discrete_sites}
+
+    chunks = _batched(problem, num, run)
+    return {k: np.concatenate([c[k] for c in chunks]) for k in problem.discrete_sites}
+
+
+def complete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: int = 1) -> dict[str, np.ndarray]:
+    """Add the discrete sites (by `discrete_draws`) to draws of the continuous sites."""
+    if not problem.discrete_sites or set(problem.discrete_sites) <= set(draws):
+        return draws
+    continuous = {k: v for k, v in draws.items() if k not in problem.discrete_sites}
+    if not continuous:  # nothing continuous to condition on: one pass for every draw
+        raise ZooError(f"model {problem.name!r}: no continuous latent sites to condition on")
+    return {**continuous, **discrete_draws(problem, continuous, temperature)}
 
 
 def _obs_shape(chunk: np.ndarray) -> tuple[int, ...]:
@@ -143,10 +257,12 @@ def init_values(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.
     Unlike the prior median or the unconstrained origin, this is a point where the model
     has positive density whatever the data rule out (a Uniform(0, theta) likelihood needs
     theta > max x), and it is already near the posterior. Different seeds give different
-    starts, so MCMC chains still begin apart.
+    starts, so MCMC chains still begin apart. Only continuous sites are returned, scored with
+    the discrete ones summed out.
     """
     seed_all(seed)
-    draws = sample_vectorised(problem, prior(problem), num)
+    draws = {k: v for k, v in sample_vectorised(problem, prior(problem), num).items()
+             if k not in problem.discrete_sites}
     log_joint, _ = log_densities(problem, draws)
     if not np.isfinite(log_joint).any():
         raise ZooError(f"model {problem.name!r}: none of {num} prior draws has positive density "
@@ -158,27 +274,17 @@ def init_values(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.
 def importance_weights(problem: Problem, proposal: Callable[[], Any], num: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Log weights log p(data, z) - log q(z) of ``num`` proposal draws z, and the draws.
 
+    Discrete sites are summed out of p (`log_densities`) rather than proposed.
+
     Returns
     -------
     log_w : (num,) array.
-    draws : latent site to (num, *site_shape) arrays.
+    draws : continuous latent site to (num, *site_shape) arrays.
     """
-
-    def run(start: int, n: int, vectorised: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        with torch.no_grad(), pyro.validation_enabled(False):
-            if vectorised:
-                lw, _, q = vectorized_importance_weights(
-                    problem.model, proposal, num_samples=n, max_plate_nesting=problem.max_plate_nesting)
-            else:
-                q = poutine.trace(proposal).get_trace()
-                p = poutine.trace(poutine.replay(problem.model, trace=q)).get_trace()
-                lw = p.log_prob_sum() - q.log_prob_sum()
-        values = {k: q.nodes[k]["value"].reshape((n,) + s.shape).numpy() for k, s in problem.sites.items()}
-        return lw.reshape(-1).double().numpy(), values
-
-    chunks = _batched(problem, num, run)
-    return (np.concatenate([c[0] for c in chunks]),
-            {k: np.concatenate([c[1][k] for c in chunks]) for k in problem.sites})
+    draws, log_q = proposal_draws(problem, proposal, num)
+    draws = {k: v for k, v in draws.items() if k not in problem.discrete_sites}
+    log_p, _ = log_densities(problem, draws)
+    return log_p - log_q, draws
 
 
 def prior(problem: Problem) -> Callable[[], Any]:

@@ -26,5 +26,5 @@ BACKEND = Backend(
     fit=fit,
     options={"num_samples": 1000, "num_chains": 4, "progress": None},
     summary="independent draws from the closed-form posterior (the yardstick)",
-    applicable=lambda problem: problem.spec.exact_reason(problem.np_hyper),
+    applicable=lambda problem: problem.spec.exact_reason(problem.np_hyper, problem.np_data),
 )

@@ -11,7 +11,7 @@ from functools import partial
 
 from pyro.infer import HMC
 
-from inference.mcmc import MCMC_OPTIONS, SafePotential, continuous_only, run_chains
+from inference.mcmc import MCMC_OPTIONS, SafePotential, needs_continuous, run_chains
 from zoo.problem import Problem
 from zoo.spec import Backend, Fit
 
@@ -34,12 +34,14 @@ class FixedStepsHMC(SafePotential, HMC):
 
 
 def fit(problem: Problem, *, seed: int, num_samples: int, num_warmup: int, num_chains: int,
-        target_accept: float, jit: bool, progress: bool | None, num_leapfrog: int) -> Fit:
+        target_accept: float, jit: bool, checkpoint: str, progress: bool | None, num_leapfrog: int) -> Fit:
     """Run ``num_chains`` HMC chains of ``num_leapfrog`` steps; step size adapted in warm-up."""
     kernel = partial(FixedStepsHMC, num_steps=num_leapfrog, target_accept_prob=target_accept,
                      jit_compile=jit, ignore_jit_warnings=True)
     return run_chains(problem, kernel, seed=seed, num_samples=num_samples, num_warmup=num_warmup,
-                      num_chains=num_chains, progress=progress)
+                      num_chains=num_chains, progress=progress, checkpoint=checkpoint,
+                      settings={"kernel": "hmc", "target_accept": target_accept, "jit": jit,
+                                "num_leapfrog": num_leapfrog})
 
 
 BACKEND = Backend(
@@ -47,5 +49,5 @@ BACKEND = Backend(
     fit=fit,
     options={**MCMC_OPTIONS, "num_leapfrog": 10},
     summary="Hamiltonian Monte Carlo, fixed number of leapfrog steps, several chains",
-    applicable=continuous_only,
+    applicable=needs_continuous,
 )

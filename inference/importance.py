@@ -13,8 +13,14 @@ import math
 import numpy as np
 
 from inference import svi
-from inference.common import importance_weights, prior, seed_all, to_chains
-from inference.mcmc import continuous_only
+from inference.common import (
+    complete_draws,
+    importance_weights,
+    prior,
+    seed_all,
+    to_chains,
+)
+from inference.mcmc import needs_continuous
 from zoo import arviz_io
 from zoo.problem import Problem
 from zoo.spec import Backend, Fit
@@ -39,7 +45,7 @@ def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles
     index = rng.choice(num_particles, size=num_chains * num_samples, p=w)
     log_evidence = float(np.logaddexp.reduce(log_w[finite]) - math.log(num_particles))
     return Fit(
-        posterior=to_chains({k: v[index] for k, v in draws.items()}, num_chains),
+        posterior=to_chains(complete_draws(problem, {k: v[index] for k, v in draws.items()}), num_chains),
         diagnostics={"log_evidence": log_evidence, "weight_ess": float(1 / np.sum(w**2)),
                      "pareto_k": arviz_io.pareto_k(log_w[finite]), "proposal": proposal,
                      "num_particles": num_particles},
@@ -50,8 +56,8 @@ BACKEND = Backend(
     name="importance",
     fit=fit,
     options={"proposal": "auto", "guide": "mean_field", "num_particles": 20000, "num_samples": 1000,
-             "num_chains": 4, "num_steps": 1000, "lr": 0.05, "progress": None},
+             "num_chains": 4, "num_steps": 5000, "lr": 0.05, "progress": None},
     choices={"proposal": ("auto", "prior", "guide"), "guide": tuple(g for g in svi.GUIDES if g != "delta")},
     summary="self-normalised importance sampling from the prior or a fitted guide",
-    applicable=continuous_only,
+    applicable=needs_continuous,
 )

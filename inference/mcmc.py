@@ -1,12 +1,16 @@
 """Shared driver of the ``nuts`` and ``hmc`` back-ends (Pyro's MCMC).
 
-Each chain starts from the best of 200 prior draws of its own (`inference.common.init_values`).
+Discrete latent sites are summed out by enumeration inside the potential (Pyro's NUTS does
+this given ``max_plate_nesting``), and their draws are rebuilt from each draw of the
+continuous sites with ``infer_discrete``. Each chain starts from the best of 200 prior draws of its own (`inference.common.init_values`).
 Chains run one after another in this process, each with its own seed derived from the run's
 seed: on a 2-core machine Pyro would run them sequentially anyway (it counts cpu_count() - 1
 usable CPUs), and separate runs keep each chain reproducible on its own.
 """
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +18,17 @@ import pyro
 from pyro.infer import MCMC
 from pyro.infer.autoguide.initialization import init_to_value
 
-from inference.common import chain_seeds, init_values, seed_all
+from inference.common import (
+    chain_seeds,
+    complete_draws,
+    enumerated,
+    init_values,
+    run_key,
+    seed_all,
+    to_chains,
+)
+from zoo.errors import ZooError
+from zoo.files import atomic_write
 from zoo.problem import Problem
 from zoo.spec import Fit
 
@@ -41,42 +55,108 @@ class SafePotential:
         self.potential_fn = safe
 
 
-def continuous_only(problem: Problem) -> str | None:
-    """Reason a gradient-based back-end cannot run: discrete latent sites."""
-    if problem.discrete_sites:
-        return (f"latent sites {list(problem.discrete_sites)} are discrete; gradient-based "
-                "back-ends need them marginalised (enumeration)")
+def needs_continuous(problem: Problem) -> str | None:
+    """Reason a gradient-based back-end cannot run: no continuous latent site to move.
+
+    Discrete sites are fine: they are summed out by enumeration and their draws rebuilt
+    afterwards with `inference.common.discrete_draws`.
+    """
+    if problem.sites and all(s.discrete for s in problem.sites.values()):
+        return (f"every latent site ({', '.join(problem.sites)}) is discrete: nothing for a "
+                "gradient-based method to move; use enum or exact")
+    if not problem.sites:
+        return "the model has no latent sites"
     return None
 
 
+def _one_chain(problem: Problem, model, make_kernel, chain_seed: int, num_samples: int, num_warmup: int,
+               progress: bool | None) -> dict[str, np.ndarray]:
+    """One chain: draws of the continuous sites, ``_diverging`` and ``_accept``."""
+    init = init_to_value(values=init_values(problem, chain_seed))
+    seed_all(chain_seed)
+    kernel = make_kernel(model, init_strategy=init, max_plate_nesting=problem.max_plate_nesting)
+    mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
+                disable_progbar=not progress)
+    with pyro.validation_enabled(False):
+        mcmc.run()
+    samples = mcmc.get_samples()
+    out = {k: samples[k].detach().reshape((num_samples,) + problem.sites[k].shape).numpy()
+           for k in problem.latent_sites if not problem.sites[k].discrete}
+    diagnostics = mcmc.diagnostics()
+    out["_diverging"] = np.zeros(num_samples, dtype=bool)
+    out["_diverging"][[int(i) for i in diagnostics["divergences"]["chain 0"]]] = True
+    out["_accept"] = np.array(float(diagnostics["acceptance rate"]["chain 0"]))
+    return out
+
+
 def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, num_warmup: int,
-               num_chains: int, progress: bool | None) -> Fit:
-    """Run ``num_chains`` chains of the kernel ``make_kernel(model)`` one after another."""
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in problem.latent_sites}
-    diverging, accept = [], []
-    for chain_seed in chain_seeds(seed, num_chains):
-        init = init_to_value(values=init_values(problem, chain_seed))
-        seed_all(chain_seed)
-        kernel = make_kernel(problem.model, init_strategy=init, max_plate_nesting=problem.max_plate_nesting)
-        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
-                    disable_progbar=not progress)
-        with pyro.validation_enabled(False):
-            mcmc.run()
-        samples = mcmc.get_samples()
-        for k in problem.latent_sites:
-            draws[k].append(samples[k].detach().reshape((num_samples,) + problem.sites[k].shape).numpy())
-        div = np.zeros(num_samples, dtype=bool)
-        div[[int(i) for i in mcmc.diagnostics()["divergences"]["chain 0"]]] = True
-        diverging.append(div)
-        accept.append(float(mcmc.diagnostics()["acceptance rate"]["chain 0"]))
-    diverging = np.stack(diverging)
+               num_chains: int, progress: bool | None, checkpoint: str = "",
+               settings: dict[str, Any] | None = None) -> Fit:
+    """Run ``num_chains`` chains of the kernel ``make_kernel(model)`` one after another.
+
+    Durability: the chain is the chunk. With ``checkpoint`` (a directory) every finished chain
+    is written there atomically, and a re-run with the same model, data, settings and seed
+    takes finished chains from disk and runs only the rest: a killed process loses at most
+    the chain it was running. Ctrl-C (KeyboardInterrupt) returns the chains finished so far.
+    """
+    model = enumerated(problem) if problem.discrete_sites else problem.model
+    store = ChainStore(checkpoint, problem, {**(settings or {}), "seed": seed, "num_samples": num_samples,
+                                            "num_warmup": num_warmup}) if checkpoint else None
+    chains, interrupted = [], False
+    for i, chain_seed in enumerate(chain_seeds(seed, num_chains)):
+        chain = store.load(i) if store else None
+        if chain is None:
+            try:
+                chain = _one_chain(problem, model, make_kernel, chain_seed, num_samples, num_warmup, progress)
+            except KeyboardInterrupt:
+                if not chains:
+                    raise
+                interrupted = True
+                break
+            if store:
+                store.save(i, chain)
+        chains.append(chain)
+    flat = {k: np.concatenate([c[k] for c in chains]) for k in chains[0] if not k.startswith("_")}
+    diverging = np.stack([c["_diverging"] for c in chains])
+    note = f"{len(chains)} chains run sequentially in one process"
+    if interrupted:
+        note = f"interrupted: {len(chains)} of {num_chains} chains finished (Ctrl-C)"
+        warnings.warn(f"model {problem.name!r}: {note}; returning the finished chains", RuntimeWarning, stacklevel=3)
     return Fit(
-        posterior={k: np.stack(v) for k, v in draws.items()},
+        posterior=to_chains(complete_draws(problem, flat), len(chains)),
         sample_stats={"diverging": diverging},
-        diagnostics={"divergences": int(diverging.sum()), "acceptance_rate": accept,
-                     "chains": f"{num_chains} chains run sequentially in one process"},
+        diagnostics={"divergences": int(diverging.sum()), "acceptance_rate": [float(c["_accept"]) for c in chains],
+                     "chains": note},
     )
 
 
+class ChainStore:
+    """Finished chains as ``chain_<i>.npz`` files in a directory, tagged with what made them."""
+
+    def __init__(self, directory: str, problem: Problem, settings: dict[str, Any]) -> None:
+        self.dir = Path(directory)
+        self.key = run_key(problem, settings)
+        self.where = f"model {problem.name!r}, checkpoint {str(self.dir)!r}: "
+
+    def _path(self, i: int) -> Path:
+        return self.dir / f"chain_{i}.npz"
+
+    def load(self, i: int) -> dict[str, np.ndarray] | None:
+        path = self._path(i)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["_key"]) != self.key:
+                raise ZooError(f"{self.where}{path.name} was made by another run (other data, options "
+                               "or seed); use another directory or delete it")
+            return {k: f[k] for k in f.files if k != "_key"}
+
+    def save(self, i: int, chain: dict[str, np.ndarray]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, _key=np.array(self.key), **chain)
+        atomic_write(self._path(i), write)
+
+
 MCMC_OPTIONS: dict[str, Any] = {"num_samples": 500, "num_warmup": 500, "num_chains": 4,
-                                "target_accept": 0.8, "jit": False, "progress": None}
+                                "target_accept": 0.8, "jit": False, "checkpoint": "", "progress": None}

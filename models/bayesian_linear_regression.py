@@ -119,7 +119,7 @@ def exact(data: dict, hyper: dict) -> ExactPosterior:
     )
 
 
-def no_exact(hyper: dict) -> str | None:
+def no_exact(hyper: dict, data: dict | None = None) -> str | None:
     return "the Laplace prior has no closed-form posterior" if hyper["prior"] == "laplace" else None
 
 

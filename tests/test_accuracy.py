@@ -20,6 +20,12 @@ pytestmark = pytest.mark.slow
 
 EXACT_MODELS = [n for n, s in registry.MODELS.items() if s.exact is not None]
 NUTS = {"num_samples": 400, "num_warmup": 300, "num_chains": 2}
+# linear_gaussian_ssm's 100 latent scalars take NUTS minutes at T=50: tests/test_ssm.py checks
+# NUTS against the Kalman smoother at T=10 instead.
+NUTS_MODELS = [n for n in EXACT_MODELS if n not in ("uniform_pareto", "linear_gaussian_ssm")]
+# Importance sampling needs a proposal close to the posterior in every direction: fine in a few
+# dimensions, degenerate in the state-space model's 100 (tested below as such).
+IMPORTANCE_MODELS = [n for n in EXACT_MODELS if n != "linear_gaussian_ssm"]
 
 
 def _scores(cmp, backend):
@@ -34,7 +40,7 @@ def _check(cmp, backend, z=0.25, ratio=(0.85, 1.15), min_ess=200):
         _scores(cmp, backend)[["name", "z", "sd_ratio"]]
 
 
-@pytest.mark.parametrize("name", [n for n in EXACT_MODELS if n != "uniform_pareto"])
+@pytest.mark.parametrize("name", NUTS_MODELS)
 def test_nuts_matches_exact(name):
     cmp = zoo.compare(name, backends=["nuts"], **NUTS)
     _check(cmp, "nuts")
@@ -49,13 +55,23 @@ def test_nuts_on_a_hard_edge_reports_divergences():
     assert "divergent" in cmp.table["note"].iloc[0]
 
 
-@pytest.mark.parametrize("name", EXACT_MODELS)
+@pytest.mark.parametrize("name", IMPORTANCE_MODELS)
 def test_importance_matches_exact_and_estimates_evidence(name):
     cmp = zoo.compare(name, backends=["importance"], num_particles=100_000)
     _check(cmp, "importance")
     row = cmp.table.iloc[0]
-    # delta method: sd of log(mean w) is about 1/sqrt(weight ESS)
-    assert abs(row["log_evidence_error"]) < 5 / np.sqrt(row["weight_ess"])
+    if cmp.exact.log_evidence is not None:  # a stored MCMC reference has no evidence
+        # delta method: sd of log(mean w) is about 1/sqrt(weight ESS)
+        assert abs(row["log_evidence_error"]) < 5 / np.sqrt(row["weight_ess"])
+
+
+def test_importance_says_when_it_degenerates():
+    """In the state-space model's 100 dimensions the weights collapse onto a few draws; the
+    table must say so (Pareto k) rather than pass the draws off as a posterior."""
+    cmp = zoo.compare("linear_gaussian_ssm", backends=["importance"], num_particles=20_000)
+    row = cmp.table.iloc[0]
+    assert row["pareto_k"] > 0.7 and "unreliable" in row["note"]
+    assert row["weight_ess"] < 200
 
 
 @pytest.mark.parametrize("name, guide", [("normal_known_variance", "mean_field"),
@@ -79,8 +95,9 @@ def test_mean_field_under_disperses_on_normal_gamma():
     predicted = np.sqrt(1 / q["lam_N"]) / exact.sd["mu"]
     assert predicted < 0.95
 
+    # a fixed 1500-step schedule: the optimum, not the stopping rule, is under test here
     cmp = zoo.compare("normal_gamma", backends=["exact", "cavi", "svi"], data=data,
-                      num_samples=5000, num_steps=1500)
+                      num_samples=5000, num_steps=1500, options={"svi": {"converge": False}})
     scores = cmp.scalars.set_index(["backend", "name"])
     # cavi: 20000 draws of a normal; sd estimate has relative standard error 1/sqrt(40000)
     assert abs(scores.loc[("cavi", "mu"), "sd_ratio"] - predicted) < 4 / np.sqrt(40000)

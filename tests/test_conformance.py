@@ -9,12 +9,11 @@ import pkgutil
 
 import numpy as np
 import pytest
-
-import models
-import zoo
 import torch
 from pyro import poutine
 
+import models
+import zoo
 from inference.common import log_densities, prior, sample_vectorised
 from zoo import registry
 from zoo.api import not_applicable
@@ -29,6 +28,17 @@ FAST = {
     "importance": {"num_steps": 30, "num_particles": 200, "num_samples": 50, "num_chains": 2},
     "cavi": {"num_samples": 50, "num_chains": 2},
 }
+
+
+SMALL_N = 12  # data size for back-ends a model leaves out of its default comparison as too slow
+SMALL_DRAWS = 5  # and their draws: the plumbing is under test, not the sampler
+
+
+def _fast(spec, backend):
+    """Smoke-run options: the table above, else the back-end's own ``quick`` options."""
+    if backend in FAST:
+        return FAST[backend]
+    return {"num_samples": 20, "num_chains": 2, **registry.get_backend(spec, backend).quick}
 
 
 def _pairs():
@@ -53,8 +63,8 @@ def test_spec_is_complete(name):
     assert spec.name == name
     assert spec.doc and "Generative story" in spec.doc, "the model docstring tells the generative story"
     assert spec.seed_section, "the seed section of the notes is named"
-    assert spec.latent_sites
     data, truth = zoo.simulate(name, seed=0)
+    prepare(spec, data)  # raises if a declared latent site is missing
     assert set(spec.latent_sites) <= set(truth)
     assert set(k for k, v in spec.data.items() if not v.optional) <= set(data)
 
@@ -64,20 +74,30 @@ def test_backend_returns_inference_data(name, backend):
     data = _data(name)
     problem = prepare(zoo.get_model(name), data)
     reason = not_applicable(problem, registry.get_backend(problem.spec, backend))
+    fast = _fast(problem.spec, backend)
+    if backend in problem.spec.skip_by_default:  # too slow at the default size: a small data set
+        data = zoo.simulate(name, seed=0, N=SMALL_N)[0]
+        problem = prepare(zoo.get_model(name), data)
+        fast = {k: min(v, SMALL_DRAWS) if k in ("num_samples", "num_warmup") else v for k, v in fast.items()}
     if reason:
         with pytest.raises(zoo.ZooError, match="does not apply"):
-            zoo.run(name, backend, data=data, **FAST[backend])
+            zoo.run(name, backend, data=data, **fast)
         return
-    res = zoo.run(name, backend, data=data, seed=1, progress=False, **FAST[backend])
-    post = res.idata.posterior
+    res = zoo.run(name, backend, data=data, seed=1, progress=False, **fast)
     assert res.model == name and res.backend == backend and res.seconds > 0
+    assert set(res.idata.observed_data.data_vars) == set(problem.observed)
+    if not problem.sites:  # a density model: no posterior to check
+        return
+    post = res.idata.posterior
     for site in problem.latent_sites:
         assert site in post, f"posterior lacks latent site {site}"
         assert post[site].dims[:2] == ("chain", "draw")
-        assert post[site].shape == (2, FAST[backend]["num_samples"]) + problem.sites[site].shape
+        shape = problem.sites[site].shape
+        if problem.spec.local_rows is not None and site not in problem.spec.latent_sites:
+            shape = (min(shape[0], problem.spec.local_rows),) + shape[1:]
+        assert post[site].shape == (2, fast["num_samples"]) + shape
         assert np.all(np.isfinite(post[site].values))
     assert set(res.idata.log_likelihood.data_vars) == set(problem.observed)
-    assert set(res.idata.observed_data.data_vars) == set(problem.observed)
     assert {"r_hat_max", "ess_bulk_min", "ess_tail_min"} <= set(res.diagnostics)
 
 
@@ -87,6 +107,8 @@ def test_exact_log_prob_is_the_model_posterior(name):
     is the same constant, the exact log evidence, at every theta."""
     problem = prepare(zoo.get_model(name), _data(name))
     post = problem.exact()
+    if post is None or post.kind != "closed_form":
+        pytest.skip(f"{name}: the reference is not a closed form ({post.kind if post else 'none here'})")
     draws = post.sample(np.random.default_rng(0), 5)
     log_joint, _ = log_densities(problem, draws)
     implied = [log_joint[i] - post.log_prob({k: v[i] for k, v in draws.items()}) for i in range(5)]
@@ -98,12 +120,15 @@ def test_vectorised_log_density_equals_one_draw_at_a_time(name):
     """Back-ends evaluate the model for many draws at once under an outer plate; a model that
     indexes or broadcasts wrongly there (``p[..., arm]`` instead of ``Vindex``) shows here."""
     problem = prepare(zoo.get_model(name), _data(name))
+    if not problem.sites:
+        pytest.skip(f"{name} has no latent sites")
     draws = sample_vectorised(problem, prior(problem), 4)
     log_joint, log_lik = log_densities(problem, draws)
     for i in range(4):
         values = {k: torch.as_tensor(v[i]) for k, v in draws.items()}
-        tr = poutine.trace(poutine.condition(problem.model, values)).get_trace()
-        tr.compute_log_prob()
+        with torch.no_grad():  # a neural model's weights require grad
+            tr = poutine.trace(poutine.condition(problem.model, values)).get_trace()
+            tr.compute_log_prob()
         np.testing.assert_allclose(log_joint[i], float(tr.log_prob_sum()), rtol=1e-9)
         for site in problem.observed:
             np.testing.assert_allclose(log_lik[site][i], tr.nodes[site]["log_prob"].numpy(), rtol=1e-9)

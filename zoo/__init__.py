@@ -11,9 +11,10 @@ from importlib import import_module
 from zoo.errors import InferenceError, ZooError
 
 _API = ["Comparison", "Result", "compare", "get_model", "list_backends", "list_models", "load",
-        "register", "run", "simulate", "simulate_bandit", "sequential_update"]
+        "register", "run", "simulate", "simulate_bandit", "sequential_update", "sbc", "grid"]
 # Names defined outside zoo.api, and their module.
-_MODULES = {"simulate_bandit": "zoo.bandit", "sequential_update": "zoo.sequential"}
+_MODULES = {"simulate_bandit": "zoo.bandit", "sequential_update": "zoo.sequential", "sbc": "zoo.calibration",
+            "grid": "zoo.grids"}
 __all__ = _API + ["InferenceError", "ZooError"]
 
 

@@ -19,7 +19,14 @@ from inference.common import log_densities, seed_all, single_thread
 from zoo import arviz_io, registry, scoring
 from zoo.errors import InferenceError, ZooError
 from zoo.files import write_text
-from zoo.problem import Problem, _check_data, _check_hyper, check_options, prepare, trace_model
+from zoo.problem import (
+    Problem,
+    _check_data,
+    _check_hyper,
+    check_options,
+    prepare,
+    trace_model,
+)
 from zoo.spec import DataKey, ExactPosterior, ModelSpec
 
 EXACT_REFERENCE_DRAWS = 20000
@@ -35,7 +42,10 @@ class Result:
         and log_likelihood.
     seconds : wall time of the inference itself (not of validation or post-processing).
     diagnostics : r_hat_max, ess_bulk_min, ess_tail_min and what the back-end measured
-        (divergences, elbo and elbo_trace, log_evidence, weight_ess, pareto_k).
+        (divergences, elbo and elbo_trace, log_evidence, weight_ess, pareto_k), and the
+        model's own scores (`ModelSpec.diagnose`: peer log-likelihood, adjusted Rand index,
+        occupied clusters).
+    scores : the scalar entries of the model's own scores (columns of the comparison table).
     """
 
     model: str
@@ -46,6 +56,7 @@ class Result:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     hyper: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
     def summary(self, **kwargs: Any) -> pd.DataFrame:
         """ArviZ summary of the posterior (mean, sd, HDI, ESS, r_hat)."""
@@ -82,10 +93,15 @@ class Comparison:
     scalars: pd.DataFrame
     results: dict[str, Result]
     exact: ExactPosterior | None = None
+    sites: list[str] = field(default_factory=list)
 
     def plot(self, out: str | Path) -> list[Path]:
-        """Forest and density plots of every back-end (exact included) as PNG files in ``out``."""
-        return arviz_io.plot_comparison({k: r.idata for k, r in self.results.items()}, out, self.model)
+        """Forest and density plots of every back-end (exact included) over the global latent
+        sites, as PNG files in ``out``."""
+        idatas = {k: r.idata for k, r in self.results.items() if r.idata.get("posterior") is not None}
+        if not idatas or not self.sites:
+            return []
+        return arviz_io.plot_comparison(idatas, out, self.model, self.sites)
 
     def save(self, out: str | Path) -> list[Path]:
         """Write table.csv, table.md, one netCDF per back-end and the plots into ``out``."""
@@ -172,15 +188,17 @@ def _as_float64(values: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in values.items()}
 
 
-def _default_data(name: str, hyper: Mapping[str, Any] | None) -> dict:
-    """A registered model's example data, else ``simulate(name, seed=0)``."""
+def _default_data(name: str, hyper: Mapping[str, Any] | None) -> tuple[dict, dict | None]:
+    """A registered model's example data (truth unknown), else ``simulate(name, seed=0)``."""
     example = registry.get_model(name).example
-    return dict(example) if example is not None else simulate(name, seed=0, hyper=hyper)[0]
+    return (dict(example), None) if example is not None else simulate(name, seed=0, hyper=hyper)
 
 
-def _prepare_problem(spec: ModelSpec, data, hyper) -> Problem:
-    """Validate the data (the model's default data when None) and hyperparameters once."""
-    return prepare(spec, _default_data(spec.name, hyper) if data is None else data, hyper)
+def _prepare_problem(spec: ModelSpec, data, hyper, truth=None) -> tuple[Problem, dict | None]:
+    """Validate the data (the model's default data, and its truth, when None) once."""
+    if data is None:
+        data, truth = _default_data(spec.name, hyper)
+    return prepare(spec, data, hyper), truth
 
 
 def _plan(problem: Problem, backend: str, options: Mapping[str, Any]):
@@ -200,32 +218,54 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def _execute(problem: Problem, b, opts: dict, seed: int, label: str) -> Result:
+def _execute(problem: Problem, b, opts: dict, seed: int, label: str,
+             truth: Mapping[str, Any] | None = None) -> Result:
+    spec = problem.spec
     with single_thread():
         start = time.perf_counter()
         fit = b.fit(problem, seed=seed, **opts)
         seconds = time.perf_counter() - start
-        flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in fit.posterior.items()}
-        _, log_lik = log_densities(problem, flat)
-    chains, draws = next(iter(fit.posterior.values())).shape[:2]
+        posterior = spec.relabel(fit.posterior) if spec.relabel and fit.posterior else fit.posterior
+        # discrete sites are summed out of the pointwise log-likelihood (mixture densities)
+        given = {k: v for k, v in posterior.items() if not problem.sites[k].discrete} or posterior
+        flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in given.items()}
+        _, log_lik = log_densities(problem, flat) if flat else (None, {})
+        scores = dict(spec.diagnose(problem, posterior, dict(truth) if truth else None)) if spec.diagnose else {}
+        if spec.local_rows is not None:  # a few rows of each local latent are enough to look at
+            posterior = {k: v if k in spec.latent_sites else v[:, :, :spec.local_rows] for k, v in posterior.items()}
+    chains, draws = next(iter(posterior.values())).shape[:2] if posterior else (0, 0)
     idata = arviz_io.to_idata(
-        fit.posterior, sample_stats=fit.sample_stats,
+        posterior, sample_stats=fit.sample_stats,
         log_likelihood={k: v.reshape((chains, draws) + v.shape[1:]) for k, v in log_lik.items()},
         observed_data={k: problem.np_data[k] for k in problem.observed if k in problem.np_data},
         attrs={"model": problem.name, "backend": label, "seed": seed})
-    stats = arviz_io.scalar_stats(idata)
-    diagnostics = {"r_hat_max": float(stats["r_hat"].max()), "ess_bulk_min": float(stats["ess_bulk"].min()),
-                   "ess_tail_min": float(stats["ess_tail"].min()), **fit.diagnostics}
+    diagnostics: dict[str, Any] = {}
+    if posterior:
+        stats = arviz_io.scalar_stats(idata, _scored_sites(problem))
+        diagnostics = {"r_hat_max": float(stats["r_hat"].max()), "ess_bulk_min": float(stats["ess_bulk"].min()),
+                       "ess_tail_min": float(stats["ess_tail"].min())}
+    diagnostics.update(fit.diagnostics, **scores)
     if diagnostics.get("divergences"):
         warnings.warn(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
                       "divergent transitions; the draws may be biased", RuntimeWarning, stacklevel=3)
     return Result(problem.name, label, idata, seconds, diagnostics,
                   {k: v for k, v in opts.items() if k != "progress"}, seed,
-                  {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()})
+                  {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()},
+                  scores={k: v for k, v in scores.items() if _is_scalar(v)})
+
+
+def _scored_sites(problem: Problem) -> list[str]:
+    """The sites tables report: the spec's global latents (a user's model: every site)."""
+    return list(problem.spec.latent_sites or problem.latent_sites)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, np.number)) and np.ndim(value) == 0
 
 
 def run(name: str, backend: str = "nuts", data: Mapping[str, Any] | None = None, seed: int = 0,
-        hyper: Mapping[str, Any] | None = None, **options: Any) -> Result:
+        hyper: Mapping[str, Any] | None = None, truth: Mapping[str, Any] | None = None,
+        **options: Any) -> Result:
     """Run one back-end on one model.
 
     Parameters
@@ -235,6 +275,8 @@ def run(name: str, backend: str = "nuts", data: Mapping[str, Any] | None = None,
     data : dict of arrays keyed by the model's data keys; None for ``simulate(name, seed=0)``.
     seed : the same seed gives the same draws.
     hyper : hyperparameters (CONCEPTS.md), defaults from the model.
+    truth : the latent values behind simulated data (`simulate`'s second value), for the
+        model's scores against the truth (adjusted Rand index); known when ``data`` is None.
     **options : back-end options: ``num_samples``, ``num_warmup``, ``num_chains`` (nuts, hmc),
         ``guide``, ``num_steps``, ``lr`` (svi), ``proposal`` (importance), ``progress``.
 
@@ -246,14 +288,14 @@ def run(name: str, backend: str = "nuts", data: Mapping[str, Any] | None = None,
     seed = _check_seed(seed)
     spec = registry.get_model(name)
     registry.get_backend(spec, backend)  # an unknown back-end is reported before the data
-    problem = _prepare_problem(spec, data, hyper)
+    problem, truth = _prepare_problem(spec, data, hyper, truth)
     b, opts, reason = _plan(problem, backend, options)
     if reason:
         applicable = [k for k, x in registry.backends_for(problem.spec).items()
                       if not not_applicable(problem, x)]
         raise ZooError(f"model {name!r}: back-end {backend!r} does not apply: {reason}. "
                        f"Back-ends that apply: {', '.join(applicable)}")
-    return _execute(problem, b, opts, seed, backend)
+    return _execute(problem, b, opts, seed, backend, truth)
 
 
 def _parse_label(label: str) -> tuple[str, dict[str, Any]]:
@@ -267,14 +309,17 @@ def _parse_label(label: str) -> tuple[str, dict[str, Any]]:
 def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str, Any] | None = None,
             seed: int = 0, hyper: Mapping[str, Any] | None = None,
             options: Mapping[str, Mapping[str, Any]] | None = None, progress: bool | None = None,
-            **common: Any) -> Comparison:
+            truth: Mapping[str, Any] | None = None, **common: Any) -> Comparison:
     """Run several back-ends on the same data and score each against the exact posterior.
 
     Parameters
     ----------
     backends : labels such as ``["exact", "nuts", "svi", "svi:full_rank", "cavi"]``; a label
         ``backend:guide`` picks an SVI guide family. None: every back-end of the model, those
-        that do not apply listed with the reason.
+        that do not apply listed with the reason, and those the model leaves out by default
+        (`ModelSpec.skip_by_default`, too slow) listed with why.
+    truth : the simulated latent values, for the model's scores against the truth (known
+        when ``data`` is None).
     options : per-label options, ``{"nuts": {"num_samples": 500}}``.
     **common : options given to every back-end that accepts them (``num_samples=500``).
 
@@ -283,6 +328,8 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
     seed = _check_seed(seed)
     spec = registry.get_model(name)
     labels = list(backends) if backends is not None else list(registry.backends_for(spec))
+    skipped = {k: v for k, v in spec.skip_by_default.items() if backends is None and k in labels}
+    labels = [k for k in labels if k not in skipped]
     options = dict(options or {})
     for k in options:
         if k not in labels:
@@ -291,7 +338,7 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
     for k in common:
         if k not in accepted:
             raise ZooError(f"model {name!r}: option {k!r} is accepted by none of the back-ends {labels}")
-    problem = _prepare_problem(spec, data, hyper)  # one validated problem serves every back-end
+    problem, truth = _prepare_problem(spec, data, hyper, truth)  # one problem for every back-end
     plans = []
     for label in labels:
         backend, extra = _parse_label(label)
@@ -302,7 +349,8 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
             opts["progress"] = progress
         plans.append((label, *_plan(problem, backend, opts)))
     results: dict[str, Result] = {}
-    rows, scalar_frames = [], []
+    rows = [{"backend": k, "note": f"left out by default (name it to run it): {why}"} for k, why in skipped.items()]
+    scalar_frames = []
     exact = problem.exact()
     exact_draws = exact.sample(np.random.default_rng(seed + 1), EXACT_REFERENCE_DRAWS) if exact else None
     for label, b, opts, reason in tqdm(plans, desc=f"compare {name}", disable=not progress):
@@ -310,19 +358,25 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
             rows.append({"backend": label, "note": f"not applicable: {reason}"})
             continue
         try:
-            result = _execute(problem, b, opts, seed, label)
+            result = _execute(problem, b, opts, seed, label, truth)
         except InferenceError as e:  # one back-end breaking down does not hide the others
             rows.append({"backend": label, "note": f"failed: {e}"})
             continue
         results[label] = result
-        scalars = arviz_io.scalar_stats(result.idata)
-        if exact is not None:
-            scalars = scoring.scalar_scores(scalars, {k: result.idata.posterior[k].values for k in problem.latent_sites},
+        sites = _scored_sites(problem) if result.idata.get("posterior") is not None else []
+        scalars = arviz_io.scalar_stats(result.idata, sites)
+        if exact is not None and sites:
+            scalars = scoring.scalar_scores(scalars, {k: result.idata.posterior[k].values for k in sites},
                                             exact, exact_draws)
-        rows.append(scoring.table_row(label, result, scalars, exact.log_evidence if exact else None))
+        row = scoring.table_row(label, result, scalars, exact.log_evidence if exact else None)
+        extra_notes = [spec.relabel_note] if spec.relabel_note else []
+        if exact is not None and exact.kind != "closed_form":
+            extra_notes.append(f"scored against a stored {exact.kind} reference, not a closed form")
+        row["note"] = "; ".join(n for n in [row["note"], *extra_notes] if n)
+        rows.append({**row, **result.scores})
         scalar_frames.append(scalars.assign(backend=label))
     scalars = pd.concat(scalar_frames, ignore_index=True) if scalar_frames else pd.DataFrame()
-    return Comparison(name, scoring.make_table(rows), scalars, results, exact)
+    return Comparison(name, scoring.make_table(rows), scalars, results, exact, _scored_sites(problem))
 
 
 def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m zoo list | run | compare | bandit``.
+"""Command line: ``python -m zoo list | run | compare | sbc | grid | bandit``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     python -m zoo run normal_gamma --backend nuts --seed 0 --out out/ng
     python -m zoo compare normal_gamma --backends exact,nuts,svi,cavi --out out/ng
     python -m zoo compare bayesian_linear_regression --hyper prior=laplace --num-steps 2000
+    python -m zoo sbc normal_gamma --backend nuts --simulations 200 --out out/sbc --executor ray
+    python -m zoo grid --models beta_bernoulli,poisson_gamma --backends exact,svi --seeds 3 --out out/grid
     python -m zoo bandit --probs 0.1,0.2,0.3 --horizon 2000 --policy thompson,ucb1 --seeds 5 --out out/b
 """
 from __future__ import annotations
@@ -61,22 +63,36 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the models and their back-ends")
-    common = argparse.ArgumentParser(add_help=False)
+    flags = argparse.ArgumentParser(add_help=False)  # what every inference command takes
+    flags.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
+                       help="hyperparameter, VALUE in JSON (repeatable)")
+    flags.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other back-end option, VALUE in JSON (repeatable)")
+    flags.add_argument("--out", help="folder for results")
+    flags.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for flag, kind in OPTION_FLAGS.items():
+        flags.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag)
+    fanout = argparse.ArgumentParser(add_help=False)  # sbc and grid: many independent tasks
+    fanout.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="run the tasks in this process or on Ray (pip install \"pyro-model-zoo[ray]\")")
+    fanout.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    common = argparse.ArgumentParser(add_help=False, parents=[flags])
     common.add_argument("name", help="model name (python -m zoo list)")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--data", help=".npz or .json file of named arrays (default: simulated)")
-    common.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
-                        help="hyperparameter, VALUE in JSON (repeatable)")
-    common.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other back-end option, VALUE in JSON (repeatable)")
-    common.add_argument("--out", help="folder for results")
-    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    for flag, kind in OPTION_FLAGS.items():
-        common.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag)
     run = sub.add_parser("run", parents=[common], help="run one back-end")
     run.add_argument("--backend", default="nuts")
     compare = sub.add_parser("compare", parents=[common], help="compare back-ends against the exact posterior")
     compare.add_argument("--backends", help="comma-separated labels (default: all of the model's)")
+    calib = sub.add_parser("sbc", parents=[common, fanout],
+                           help="simulation-based calibration of a back-end (ranks of prior draws)")
+    calib.add_argument("--backend", default="nuts")
+    calib.add_argument("--simulations", type=int, default=100, help="number of simulations")
+    calib.add_argument("--draws", type=int, default=99, help="thinned posterior draws each truth is ranked among")
+    many = sub.add_parser("grid", parents=[flags, fanout], help="every model x back-end x seed, one long table")
+    many.add_argument("--models", required=True, help="comma-separated model names")
+    many.add_argument("--backends", required=True, help="comma-separated back-end labels")
+    many.add_argument("--seeds", type=int, default=1, help="number of seeds (0..SEEDS-1)")
     play = sub.add_parser("bandit", help="play a Bernoulli bandit: Thompson sampling, UCB1, epsilon-greedy")
     play.add_argument("--probs", required=True, help="comma-separated success probabilities of the arms")
     play.add_argument("--horizon", type=int, default=1000, help="rounds per run")
@@ -117,6 +133,30 @@ def _bandit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fan_out(args: argparse.Namespace, options: dict[str, Any], hyper: dict | None, progress: bool) -> int:
+    """``sbc`` and ``grid``: per-task files under --out, so an interrupted run resumes."""
+    from zoo import calibration, grids
+
+    fan = {"executor": args.executor, "address": args.address, "progress": progress}
+    if args.command == "sbc":
+        if args.data:
+            raise ZooError("sbc simulates its own data from the prior; --data does not apply")
+        res = calibration.sbc(args.name, args.backend, args.simulations, args.draws, args.seed, hyper=hyper,
+                              out=Path(args.out) / "tasks" if args.out else None, **fan, **options)
+        _print_table(res.tests)
+        print(f"{'passed' if res.passed else 'FAILED'}: every p-value must exceed {res.threshold:.3g}"
+              + (f"; {res.note}" if res.note else ""))
+        for f in res.save(args.out) if args.out else []:
+            print("wrote", f)
+        return 0 if res.passed else 1
+    res = grids.grid(args.models.split(","), args.backends.split(","), args.seeds, hyper=hyper,
+                     out=Path(args.out) / "tasks" if args.out else None, **fan, **options)
+    _print_table(res.table)
+    for f in res.save(args.out) if args.out else []:
+        print("wrote", f)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
@@ -131,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         options = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None}
         options.update(_key_values(args.option, "--option"))
         hyper = _key_values(args.hyper, "--hyper") or None
-        data = _load_data(args.data)
         progress = not args.no_progress
+        if args.command in ("sbc", "grid"):
+            return _fan_out(args, options, hyper, progress)
+        data = _load_data(args.data)
         if args.command == "run":
             res = api.run(args.name, args.backend, data=data, seed=args.seed, hyper=hyper,
                           progress=progress, **options)

@@ -72,7 +72,7 @@ class Problem:
 
     def exact(self) -> ExactPosterior | None:
         """The exact posterior, computed once; None where the model has none."""
-        if self.spec.exact_reason(self.np_hyper) is not None:
+        if self.spec.exact_reason(self.np_hyper, self.np_data) is not None:
             return None
         if not self._exact:
             self._exact.append(self.spec.exact(self.np_data, self.np_hyper))
@@ -175,9 +175,10 @@ def _check_data(spec: ModelSpec, data: Mapping[str, Any] | None, sizes: dict[str
             raise ZooError(f"{where}missing data key {k!r} (expected shape {key.dims})")
         arr = _to_array(where, f"data key {k}", data[k])
         _check_finite(where, f"data key {k}", arr.astype(float))
-        if arr.ndim != len(key.dims):
-            raise ZooError(f"{where}data key {k} must have shape {key.dims} "
-                           f"({len(key.dims)} dimension(s)), got shape {arr.shape}")
+        lowest = len(key.dims) if key.min_ndim is None else key.min_ndim
+        if not lowest <= arr.ndim <= len(key.dims):
+            allowed = " or ".join(str(key.dims[:n]) for n in range(lowest, len(key.dims) + 1))
+            raise ZooError(f"{where}data key {k} must have shape {allowed}, got shape {arr.shape}")
         for name, n in zip(key.dims, arr.shape):
             if n < 1:
                 raise ZooError(f"{where}data key {k} is empty along {name} (shape {arr.shape})")
@@ -254,12 +255,17 @@ def check_options(problem: Problem, backend: Backend, options: Mapping[str, Any]
     for k in options:
         if k not in backend.options:
             raise unknown_name("option", k, backend.options, where)
-    merged = {**backend.options, **options}
+    merged = {**backend.options, **problem.spec.backend_defaults.get(backend.name, {}), **options}
+    choices = dict(backend.choices)
+    if "guide" in choices:  # the model's own guide families (an amortised encoder) join the list
+        choices["guide"] = tuple(choices["guide"]) + tuple(problem.spec.guides)
+        if "guide" not in options and problem.spec.default_guide:
+            merged["guide"] = problem.spec.default_guide
     for k, v in options.items():
         default = backend.options[k]
-        if k in backend.choices:
-            if v not in backend.choices[k]:
-                raise unknown_name(k.replace("_", " "), v, backend.choices[k], where)
+        if k in choices:
+            if v not in choices[k]:
+                raise unknown_name(k.replace("_", " "), v, choices[k], where)
         elif k == "progress" or isinstance(default, bool):
             if v is not None and not isinstance(v, bool):
                 raise ZooError(f"{where}option {k} must be True or False, got {v!r}")

@@ -7,18 +7,29 @@ module in `models/` is missing here. Adding a back-end is one module in `inferen
 """
 from __future__ import annotations
 
-from inference import exact, hmc, importance, nuts, svi
+from inference import enum, exact, hmc, importance, nuts, svi
 from models import (
     bayesian_linear_regression,
     bernoulli_bandit,
     beta_bernoulli,
     dirichlet_categorical,
+    discrete_latent,
+    dp_mixture,
+    gaussian_mixture,
+    linear_gaussian_ssm,
+    logistic_regression,
+    mixture_ppca,
     mvn_wishart,
+    nce_unnormalized,
     normal_gamma,
     normal_known_mean,
     normal_known_variance,
     poisson_gamma,
+    ppca,
+    realnvp_flow,
     uniform_pareto,
+    vae,
+    vrnn,
 )
 from zoo.errors import ZooError, unknown_name
 from zoo.spec import Backend, ModelSpec
@@ -34,12 +45,23 @@ MODULES = [
     uniform_pareto,
     bayesian_linear_regression,
     bernoulli_bandit,
+    gaussian_mixture,
+    ppca,
+    mixture_ppca,
+    dp_mixture,
+    logistic_regression,
+    linear_gaussian_ssm,
+    vae,
+    vrnn,
+    discrete_latent,
+    realnvp_flow,
+    nce_unnormalized,
 ]
 
 MODELS: dict[str, ModelSpec] = {m.SPEC.name: m.SPEC for m in MODULES}
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (exact.BACKEND, nuts.BACKEND, hmc.BACKEND,
-                                                    svi.BACKEND, importance.BACKEND)}
+                                                    svi.BACKEND, enum.BACKEND, importance.BACKEND)}
 
 
 def get_model(name: str) -> ModelSpec:

@@ -49,18 +49,20 @@ def table_row(label: str, result: Any, scalars: pd.DataFrame, exact_log_evidence
     """One row of the comparison table for a finished back-end run."""
     d = result.diagnostics
     ess_cap = d.get("weight_ess", math.inf)  # resampled draws are no more informative than this
-    ess_bulk = min(float(scalars["ess_bulk"].min()), ess_cap)
-    ess_tail = min(float(scalars["ess_tail"].min()), ess_cap)
+    ess_bulk = min(float(scalars["ess_bulk"].min()), ess_cap) if len(scalars) else math.nan
+    ess_tail = min(float(scalars["ess_tail"].min()), ess_cap) if len(scalars) else math.nan
+    post = result.idata.get("posterior")
     row = {
         "backend": label,
         "seconds": result.seconds,
-        "draws": int(result.idata.posterior.sizes["chain"] * result.idata.posterior.sizes["draw"]),
+        "draws": int(post.sizes["chain"] * post.sizes["draw"]) if post is not None else 0,
         "ess_bulk_min": ess_bulk,
         "ess_tail_min": ess_tail,
         "ess_per_second": ess_bulk / result.seconds if result.seconds > 0 else math.nan,
-        "r_hat_max": float(scalars["r_hat"].max()),
+        "r_hat_max": float(scalars["r_hat"].max()) if len(scalars) else math.nan,
         "divergences": d.get("divergences", 0),
         "elbo": d.get("elbo", math.nan),
+        "steps": d.get("steps", math.nan),
         "log_evidence": d.get("log_evidence", math.nan),
         "weight_ess": d.get("weight_ess", math.nan),
         "pareto_k": d.get("pareto_k", math.nan),
@@ -84,13 +86,23 @@ def table_row(label: str, result: Any, scalars: pd.DataFrame, exact_log_evidence
 
 
 COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second",
-           "r_hat_max", "divergences", "elbo", "elbo_gap", "log_evidence", "log_evidence_error",
+           "r_hat_max", "divergences", "steps", "elbo", "elbo_gap", "log_evidence", "log_evidence_error",
            "weight_ess", "pareto_k", "max_abs_z", "sd_ratio_min", "sd_ratio_max", "w1_max",
-           "correct", "note"]
+           "correct", "recommended", "note"]
 
 
 def make_table(rows: list[dict]) -> pd.DataFrame:
-    """The comparison table with the DESIGN.md columns in a fixed order."""
+    """The comparison table with the DESIGN.md columns in a fixed order.
+
+    With an exact or reference posterior, ``recommended`` marks the approximate back-end that
+    passed the accuracy gate (``correct``) in the least time; none is marked when none passed.
+    (``exact`` itself, the yardstick, is not a candidate: where it exists it is the answer.)
+    """
     table = pd.DataFrame(rows)
+    if "correct" in table:
+        passed = table["correct"].eq(True) & table["backend"].ne("exact")
+        table["recommended"] = False
+        if passed.any():
+            table.loc[table["seconds"].where(passed).idxmin(), "recommended"] = True
     cols = [c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]
     return table[cols]

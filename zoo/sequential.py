@@ -61,7 +61,7 @@ def sequential_update(name: str, batches: Sequence[Mapping[str, Any]],
             problem = prepare(spec, batch, current)
         except ZooError as e:
             raise ZooError(f"batch {i}: {e}") from None
-        reason = spec.exact_reason(problem.np_hyper)
+        reason = spec.exact_reason(problem.np_hyper, problem.np_data)
         if reason:
             raise ZooError(f"model {name!r}: batch {i}: no exact posterior: {reason}")
         new = {k: _plain(v) for k, v in spec.posterior_hyper(problem.exact()).items()}

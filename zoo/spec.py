@@ -28,6 +28,8 @@ class DataKey:
     support : a torch constraint every element must satisfy (checked before any back-end runs);
         ``None`` to rely on the support of the observed site found by tracing the model.
     optional : the model runs without it.
+    min_ndim : the fewest dimensions accepted, when trailing ones may be left out (``x`` given
+        as (N,) or (N, D)); None: exactly ``len(dims)``.
     """
 
     dims: tuple[str, ...]
@@ -35,6 +37,7 @@ class DataKey:
     observed: bool = True
     support: constraints.Constraint | None = None
     optional: bool = False
+    min_ndim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class ExactPosterior:
     log_prob: Callable[[dict[str, np.ndarray]], float]
     log_evidence: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "closed_form"
+    """``"closed_form"``, or ``"mcmc"`` for a stored reference from a long sampler run (its
+    ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,9 @@ class ModelSpec:
     inputs : makes the covariates (non-observed data keys) for a simulation,
         ``inputs(rng, sizes, hyper) -> dict``.
     exact : the exact posterior, ``exact(data, hyper) -> ExactPosterior`` on numpy arrays.
-    no_exact : ``no_exact(hyper) -> reason or None``: when the closed form does not apply to
-        these hyperparameters (Laplace prior).
+    no_exact : ``no_exact(hyper, data) -> reason or None``: when the closed form (or the stored
+        reference) does not apply to these hyperparameters and data (``data`` may be None:
+        the hyperparameters alone), such as a Laplace prior.
     backends : model-specific back-ends, name to module exposing ``OPTIONS`` and ``fit``.
     check : extra validation ``check(data, hyper) -> None`` raising ZooError.
     example : default data (a registered model's example); None to simulate it.
@@ -94,6 +101,20 @@ class ModelSpec:
         comparison table and in the error).
     posterior_hyper : for a posterior in the prior's family, ``posterior_hyper(exact) -> dict``:
         the hyperparameters that make the exact posterior the next prior (`zoo.sequential_update`).
+    diagnose : ``diagnose(problem, posterior, truth) -> dict``: model-specific scores computed
+        after every back-end run from its draws (site to (chain, draw, ...) arrays) and the
+        simulated truth (or None): peer scores, clustering quality, occupied clusters. Every
+        entry goes into ``Result.diagnostics``; plain scalars also become table columns.
+    relabel : ``relabel(posterior) -> posterior``: undoes label switching in every back-end's
+        draws before anything is measured; ``relabel_note`` says how, in the table.
+    skip_by_default : back-ends left out of ``compare`` when the user names none, with why.
+    guides : model-specific SVI guide families, name to ``factory(problem) -> guide``
+        (an amortised encoder); ``default_guide`` is the one ``svi`` uses unless told.
+    backend_defaults : back-end name to option defaults that suit this model better than the
+        back-end's own (fewer draws of a large local latent); the user's options still win.
+    local_rows : keep only the first ``local_rows`` rows of each local latent site (those not
+        in ``latent_sites``) in the InferenceData; every row is used before that (the
+        log-likelihoods). None keeps them all.
     """
 
     name: str
@@ -105,12 +126,20 @@ class ModelSpec:
     seed_section: str = ""
     inputs: Callable[..., dict[str, Any]] | None = None
     exact: Callable[[dict, dict], ExactPosterior] | None = None
-    no_exact: Callable[[dict], str | None] | None = None
+    no_exact: Callable[[dict, dict | None], str | None] | None = None
     backends: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[dict, dict], None] | None = None
     example: Mapping[str, Any] | None = None
     limits: Mapping[str, str] = field(default_factory=dict)
     posterior_hyper: Callable[[ExactPosterior], dict[str, Any]] | None = None
+    diagnose: Callable[[Any, dict[str, np.ndarray], dict | None], dict[str, Any]] | None = None
+    relabel: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    relabel_note: str = ""
+    skip_by_default: Mapping[str, str] = field(default_factory=dict)
+    guides: Mapping[str, Callable[[Any], Callable[..., Any]]] = field(default_factory=dict)
+    default_guide: str | None = None
+    backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    local_rows: int | None = None
 
     @property
     def doc(self) -> str:
@@ -121,11 +150,11 @@ class ModelSpec:
     def observed_keys(self) -> tuple[str, ...]:
         return tuple(k for k, v in self.data.items() if v.observed)
 
-    def exact_reason(self, hyper: Mapping[str, Any]) -> str | None:
+    def exact_reason(self, hyper: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> str | None:
         """Why there is no exact posterior for these hyperparameters, or None if there is."""
         if self.exact is None:
             return f"model {self.name!r} has no closed-form posterior"
-        return self.no_exact(hyper) if self.no_exact else None
+        return self.no_exact(hyper, data) if self.no_exact else None
 
 
 @dataclass
@@ -157,6 +186,7 @@ class Backend:
     applicable : ``applicable(problem) -> reason or None``: why the back-end cannot run on this
         model with these hyperparameters.
     summary : one line for ``zoo.list_backends()`` and the docs.
+    quick : options for a smoke run (a few draws or steps), used by the conformance suite.
     """
 
     name: str
@@ -165,6 +195,7 @@ class Backend:
     summary: str = ""
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     applicable: Callable[[Any], str | None] | None = None
+    quick: Mapping[str, Any] = field(default_factory=dict)
 
 
 def exact_from_scipy(
