@@ -29,7 +29,7 @@ import pandas as pd
 import zoo
 from zoo import registry, scoring
 
-COLUMNS = ["model", "backend", "seconds", "steps", "ess_per_second", "r_hat_max", "max_abs_z",
+COLUMNS = ["model", "backend", "seconds", "steps", "ess_per_second", "r_hat_max", "elbo", "max_abs_z",
            "sd_ratio_min", "sd_ratio_max", "correct", "recommended"]
 # --quick: short chains, short SVI runs and fewer particles; every back-end takes the options
 # it accepts and ignores the others.
@@ -65,7 +65,7 @@ def benchmark(model: str, *, quick: bool, seed: int) -> pd.DataFrame:
     for backend in zoo.list_backends(model):
         if backend in spec.skip_by_default:
             rows.append(pd.DataFrame([{"backend": backend,
-                                       "note": f"not applicable by default (too slow): {spec.skip_by_default[backend]}"}]))
+                                       "note": f"not applicable: left out of the default comparison: {spec.skip_by_default[backend]}"}]))
             continue
         start = time.perf_counter()
         try:
@@ -79,7 +79,8 @@ def benchmark(model: str, *, quick: bool, seed: int) -> pd.DataFrame:
             print(f"[{model}] {backend} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             rows.append(pd.DataFrame([{"backend": backend, "seconds": time.perf_counter() - start,
                                        "note": f"error: {type(e).__name__}: {str(e)[:200]}"}]))
-    return pd.concat(rows, ignore_index=True).assign(model=model)
+    # each back-end ran alone: the fastest correct one is picked across them here
+    return scoring.recommend(pd.concat(rows, ignore_index=True)).assign(model=model)
 
 
 def _jsonable(value):

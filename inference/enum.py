@@ -31,9 +31,11 @@ from zoo.spec import Backend, Fit
 
 def applicable(problem: Problem) -> str | None:
     """``enum`` needs a discrete latent site to enumerate."""
+    if not problem.sites:
+        return "the model has no latent sites"
     if not problem.discrete_sites:
         return ("the model has no discrete latent sites to enumerate "
-                f"(its latent sites {', '.join(problem.sites) or 'none'} are continuous); use svi or nuts")
+                f"(its latent sites {', '.join(problem.sites)} are continuous); use svi or nuts")
     return None
 
 

@@ -172,3 +172,13 @@ def test_compare_lists_inapplicable_backends_with_reason():
     row = cmp.table.set_index("backend").loc["exact"]
     assert "Laplace prior has no closed-form posterior" in row["note"]
     assert list(cmp.results) == ["svi"]
+
+
+def test_recommended_is_the_fastest_correct_approximation():
+    cmp = zoo.compare("normal_known_variance", backends=["exact", "svi", "importance"],
+                      num_steps=300, num_samples=200, num_particles=2000, num_elbo_particles=100)
+    table = cmp.table.set_index("backend")
+    candidates = table[table["correct"].eq(True) & (table.index != "exact")]
+    assert table["recommended"].sum() == (1 if len(candidates) else 0)
+    if len(candidates):
+        assert table["recommended"].idxmax() == candidates["seconds"].idxmin()

@@ -91,18 +91,21 @@ COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_p
            "correct", "recommended", "note"]
 
 
-def make_table(rows: list[dict]) -> pd.DataFrame:
-    """The comparison table with the DESIGN.md columns in a fixed order.
+def recommend(table: pd.DataFrame) -> pd.DataFrame:
+    """Mark in ``recommended`` the approximate back-end that passed the accuracy gate
+    (``correct``) in the least time; none when none passed or nothing was scored. (``exact``
+    itself, the yardstick, is not a candidate: where it exists it is the answer.)"""
+    if "correct" not in table:
+        return table
+    passed = table["correct"].eq(True) & table["backend"].ne("exact")
+    table = table.assign(recommended=False)
+    if passed.any():
+        table.loc[table["seconds"].where(passed).idxmin(), "recommended"] = True
+    return table
 
-    With an exact or reference posterior, ``recommended`` marks the approximate back-end that
-    passed the accuracy gate (``correct``) in the least time; none is marked when none passed.
-    (``exact`` itself, the yardstick, is not a candidate: where it exists it is the answer.)
-    """
-    table = pd.DataFrame(rows)
-    if "correct" in table:
-        passed = table["correct"].eq(True) & table["backend"].ne("exact")
-        table["recommended"] = False
-        if passed.any():
-            table.loc[table["seconds"].where(passed).idxmin(), "recommended"] = True
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """The comparison table with the DESIGN.md columns in a fixed order, `recommend` applied."""
+    table = recommend(pd.DataFrame(rows))
     cols = [c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]
     return table[cols]
