@@ -20,6 +20,7 @@ from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
 
 from zoo.errors import ZooError
+from zoo.files import jsonable
 from zoo.problem import DTYPE, Problem
 
 CHUNK = 1000
@@ -29,14 +30,10 @@ def run_key(problem: Problem, settings: dict[str, Any]) -> str:
     """A fingerprint of model, data, hyperparameters and run settings: a checkpoint made by
     another run is never resumed by mistake."""
     h = hashlib.sha256(json.dumps({"model": problem.name, "hyper": problem.np_hyper, **settings},
-                                  sort_keys=True, default=_jsonable).encode())
+                                  sort_keys=True, default=jsonable).encode())
     for k in sorted(problem.np_data):
         h.update(k.encode() + np.ascontiguousarray(problem.np_data[k]).tobytes())
     return h.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray) else str(value)
 
 
 def seed_all(seed: int) -> None:

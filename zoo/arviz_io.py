@@ -16,7 +16,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from zoo.files import atomic_write
+from zoo.files import atomic_write, jsonable
 
 
 def to_idata(posterior: Mapping[str, np.ndarray], *, sample_stats: Mapping[str, np.ndarray] | None = None,
@@ -87,7 +87,7 @@ def save(idata: az.InferenceData, path: str | Path, meta: Mapping[str, Any]) -> 
     """Save to netCDF atomically; ``meta`` (JSON-serialisable) goes into the posterior's attrs."""
     path = Path(path)
     idata = idata.copy()
-    idata.posterior.attrs["zoo"] = json.dumps(meta, default=_jsonable)
+    idata.posterior.attrs["zoo"] = json.dumps(meta, default=jsonable)
     atomic_write(path, lambda tmp: idata.to_netcdf(tmp))
     return path
 
@@ -98,14 +98,6 @@ def load(path: str | Path) -> tuple[az.InferenceData, dict[str, Any]]:
     idata.load()
     meta = json.loads(idata.posterior.attrs.get("zoo", "{}"))
     return idata, meta
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def plot_comparison(idatas: Mapping[str, az.InferenceData], out: str | Path, title: str,

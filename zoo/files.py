@@ -5,6 +5,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -25,3 +28,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps(..., default=jsonable)``: numpy scalars and arrays as Python values, the
+    rest as text."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

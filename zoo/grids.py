@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from zoo.errors import ZooError
-from zoo.files import write_text
+from zoo.files import jsonable, write_text
 
 EXECUTORS = ("local", "ray")
 # Columns that measure wall time: they differ between two runs of the same task.
@@ -279,12 +279,5 @@ def _sbc_ranks(task: Task) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)
+    """As `zoo.files.jsonable`, and read-only mappings (a frozen task's options) as dicts."""
+    return dict(value) if isinstance(value, Mapping) else jsonable(value)
