@@ -19,17 +19,25 @@ Models: any registered model, ``logistic_regression:N=5000,D=20`` (simulated at 
 no reference, so no gate), and ``eight_schools`` (non-centred), registered here with
 ``zoo.register``: benchmark-only, no reference.
 
+NUTS speed levers (``--levers``): the same NUTS run as back-end labels ``nuts:<lever>``
+(``LEVERS``): Pyro's kernel one chain at a time, with and without its torch.jit potential;
+the zoo's batched sampler (all chains in one batch, traced potential), with a dense mass
+matrix, and with 16 chains instead of 4 (a batch of chains costs about what one chain costs).
+
 NumPyro peer section: with ``--peer-python PATH`` (an interpreter where ``import numpyro``
 works, e.g. a separate venv: ``python -m venv /tmp/npvenv && /tmp/npvenv/bin/pip install
 numpyro jax``; by default this interpreter if it has numpyro), the same NUTS settings on the same
-data for ``logistic_regression`` and ``eight_schools``, and the ratio of the two in the same
-run. NumPyro is never required by the zoo: without it the section says so and is skipped.
+data for ``logistic_regression`` and ``eight_schools``, for every NUTS row of the zoo, with
+NumPyro's chains run sequentially (its choice on one CPU device) and vectorised (batched like
+the zoo's), and the ratio of ESS per second in the same run. NumPyro is never required by the zoo: without it the section says so and is skipped.
 
 Examples::
 
     python benchmarks/perf.py --quick
     python benchmarks/perf.py --models logistic_regression --backends nuts,svi --out perf.json
     python benchmarks/perf.py --quick --peer-python /tmp/npvenv/bin/python
+    python benchmarks/perf.py --models eight_schools,logistic_regression --backends nuts --levers \
+        --peer-python /tmp/npvenv/bin/python
 """
 from __future__ import annotations
 
@@ -72,6 +80,14 @@ QUICK = {
     "nuts": {"num_samples": 200, "num_warmup": 200, "num_chains": 2, "jit": True},
     "hmc": {"num_samples": 200, "num_warmup": 200, "num_chains": 2},
     "svi": {"num_steps": 500, "num_samples": 500, "num_chains": 2, "num_elbo_particles": 200},
+}
+# NUTS speed levers (issue 7), run as back-end labels "nuts:<lever>" on top of the settings above
+LEVERS = {
+    "pyro": {"sampler": "pyro", "jit": False},          # Pyro's kernel, one chain at a time
+    "pyro_jit": {"sampler": "pyro", "jit": True},       # ... with its potential traced by torch.jit
+    "batched": {"sampler": "batched"},                  # all chains in one batch, traced potential
+    "batched_dense": {"sampler": "batched", "dense_mass": True},
+    "batched_16_chains": {"sampler": "batched", "num_chains": 16},
 }
 LADDER = {
     "nuts": [{"num_warmup": n, "num_samples": n, "num_chains": 2, "jit": True} for n in (50, 100, 200, 400, 800)],
@@ -133,22 +149,31 @@ def maxrss_mb() -> float:
 
 
 class GradCounter:
-    """Counts Pyro's ``potential_grad`` calls (one per gradient of the potential) while active."""
+    """Counts gradients of the potential: Pyro's ``potential_grad`` calls (one chain each) and
+    the batched sampler's potential calls (one gradient per chain each)."""
 
     def __init__(self) -> None:
         from pyro.infer.mcmc import hmc, nuts
         from pyro.ops import integrator
 
+        from inference import batched
+
         self.count = 0
-        self._modules = (integrator, hmc, nuts)
         original = integrator.potential_grad
 
         def counted(potential_fn, z):
             self.count += 1
             return original(potential_fn, z)
 
-        for m in self._modules:
+        for m in (integrator, hmc, nuts):
             m.potential_grad = counted
+        batched_call = batched.BatchedPotential.__call__
+
+        def counted_batch(pot, z):
+            self.count += z.shape[0]
+            return batched_call(pot, z)
+
+        batched.BatchedPotential.__call__ = counted_batch
 
 
 def _compare(name: str, backend: str, data: dict, seed: int, options: dict) -> dict[str, Any]:
@@ -166,7 +191,8 @@ def run_cell(label: str, backend: str, *, quick: bool, seed: int, gate: bool = T
     register_benchmark_models()
     name, _ = parse_label(label)
     data = benchmark_data(label, seed)
-    settings = (QUICK if quick else MAIN).get(backend, {})
+    backend, _, lever = backend.partition(":")
+    settings = {**(QUICK if quick else MAIN).get(backend, {}), **LEVERS.get(lever, {})}
     counter = GradCounter()
     rss_import = maxrss_mb()
     row = _compare(name, backend, data, seed, settings)
@@ -179,7 +205,8 @@ def run_cell(label: str, backend: str, *, quick: bool, seed: int, gate: bool = T
     else:
         grads = 0
     out = {
-        "model": label, "backend": backend, "seconds": row["seconds"], "grad_evals": grads,
+        "model": label, "backend": backend + (f":{lever}" if lever else ""), "seconds": row["seconds"],
+        "grad_evals": grads,
         "ess_bulk_min": row.get("ess_bulk_min"), "ess_tail_min": row.get("ess_tail_min"),
         "ess_bulk_per_s": row.get("ess_bulk_min", math.nan) / row["seconds"],
         "ess_tail_per_s": row.get("ess_tail_min", math.nan) / row["seconds"],
@@ -189,8 +216,9 @@ def run_cell(label: str, backend: str, *, quick: bool, seed: int, gate: bool = T
         "rss_peak_mb": rss_peak, "rss_import_mb": rss_import, "settings": settings,
     }
     has_reference = "max_abs_z" in row and not pd.isna(row["max_abs_z"])
-    out["seconds_to_gate"], out["gate_budget"] = math.nan, "no reference" if not has_reference else "not reached"
-    if gate and has_reference and backend in LADDER:
+    out["seconds_to_gate"], out["gate_budget"] = math.nan, "no reference" if not has_reference else \
+        "not run for a lever" if lever else "not reached"
+    if gate and has_reference and backend in LADDER and not lever:
         ladder = LADDER[backend][:4] if quick else LADDER[backend]
         for budget in ladder:
             r = _compare(name, backend, data, seed, budget)
@@ -245,7 +273,7 @@ out = {}
 for run in ("cold", "warm"):
     mcmc = MCMC(NUTS(model, target_accept_prob=0.8), num_warmup=job["num_warmup"],
                 num_samples=job["num_samples"], num_chains=job["num_chains"],
-                chain_method="sequential", progress_bar=False)
+                chain_method=job["chain_method"], progress_bar=False)
     start = time.perf_counter()
     mcmc.run(jax.random.PRNGKey(job["seed"] + (run == "warm")), **data, extra_fields=("num_steps",))
     samples = mcmc.get_samples(group_by_chain=True)
@@ -276,13 +304,15 @@ def find_peer_python(given: str | None) -> str | None:
     return None
 
 
-def run_peer(python: str, label: str, settings: dict, seed: int) -> dict[str, Any]:
+def run_peer(python: str, label: str, settings: dict, seed: int, chain_method: str) -> dict[str, Any]:
     """NumPyro NUTS on the same data and settings; wall seconds cold (with JIT compilation)
-    and warm (a second run), min bulk ESS, gradient evaluations during sampling, peak RSS."""
+    and warm (a second run), min bulk ESS, gradient evaluations during sampling, peak RSS.
+    ``chain_method``: "sequential" (NumPyro's choice on one CPU device) or "vectorized"
+    (chains batched with vmap, like the zoo's batched sampler)."""
     name, _ = parse_label(label)
     data = benchmark_data(label, seed)
     job = {"model": name, "data": {k: np.asarray(v).tolist() for k, v in data.items()}, "seed": seed,
-           **{k: settings[k] for k in ("num_warmup", "num_samples", "num_chains")}}
+           "chain_method": chain_method, **{k: settings[k] for k in ("num_warmup", "num_samples", "num_chains")}}
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(PEER_SCRIPT)
     try:
@@ -308,31 +338,39 @@ def peer_section(python: str | None, cells: pd.DataFrame, labels: list[str], qui
     if python is None:
         return ("NumPyro peer: skipped (numpyro is not importable here; install it in a separate "
                 "environment and pass --peer-python)"), []
-    settings = (QUICK if quick else MAIN)["nuts"]
+    base = (QUICK if quick else MAIN)["nuts"]
     rows, peers = [], []
     for label in labels:
         if parse_label(label)[0] not in PEER_MODELS:
             continue
-        peer = run_peer(python, label, settings, seed)
-        peers.append(peer)
-        mine = cells[(cells["model"] == label) & (cells["backend"] == "nuts")]
-        row = {"model": label, **{f"numpyro_{k}": peer.get(k) for k in
-                                  ("seconds_cold", "seconds_warm", "ess_bulk_min", "grad_evals_sampling",
-                                   "max_abs_z", "rss_peak_mb", "note")}}
-        if len(mine) and "seconds" in mine and not pd.isna(mine["seconds"].iloc[0]) and "seconds_cold" in peer:
-            zs = float(mine["seconds"].iloc[0])
-            row["zoo_seconds"] = zs
-            row["zoo_ess_bulk_per_s"] = float(mine["ess_bulk_per_s"].iloc[0])
-            row["numpyro_ess_bulk_per_s"] = peer["ess_bulk_min"] / peer["seconds_cold"]
-            row["time_ratio_zoo_over_numpyro_cold"] = zs / peer["seconds_cold"]
-            row["time_ratio_zoo_over_numpyro_warm"] = zs / peer["seconds_warm"]
-        rows.append(row)
+        mine = cells[(cells["model"] == label) & cells["backend"].str.startswith("nuts")]
+        for _, cell in mine.iterrows():
+            if "seconds" not in cell or pd.isna(cell["seconds"]):
+                continue
+            settings = {**base, **LEVERS.get(cell["backend"].partition(":")[2], {})}
+            for method in ("sequential", "vectorized"):
+                key = (label, method, settings["num_chains"])
+                if key not in {p["key"] for p in peers}:
+                    peers.append({"key": key, **run_peer(python, label, settings, seed, method)})
+                peer = next(p for p in peers if p["key"] == key)
+                row = {"model": label, "zoo": cell["backend"], "chains": settings["num_chains"],
+                       "numpyro_chain_method": method,
+                       **{f"numpyro_{k}": peer.get(k) for k in ("seconds_cold", "seconds_warm", "ess_bulk_min",
+                                                                  "grad_evals_sampling", "note")},
+                       "zoo_seconds": float(cell["seconds"]), "zoo_ess_bulk_per_s": float(cell["ess_bulk_per_s"])}
+                if "seconds_cold" in peer:
+                    for run in ("cold", "warm"):
+                        row[f"numpyro_ess_bulk_per_s_{run}"] = peer["ess_bulk_min"] / peer[f"seconds_{run}"]
+                        row[f"ess_per_s_ratio_zoo_over_numpyro_{run}"] = \
+                            row["zoo_ess_bulk_per_s"] / row[f"numpyro_ess_bulk_per_s_{run}"]
+                rows.append(row)
         print(f"[peer] {label} done", file=sys.stderr, flush=True)
     versions = next((f"; {p['versions']}" for p in peers if p.get("versions")), "")
-    head = (f"NumPyro peer ({python}; NUTS {json.dumps({k: settings[k] for k in ('num_warmup', 'num_samples', 'num_chains')})}, "
-            f"chains sequential, float64, CPU; cold = first run incl. JIT compilation{versions})\n\n")
+    head = (f"NumPyro peer ({python}; NUTS {json.dumps({k: base[k] for k in ('num_warmup', 'num_samples')})} per "
+            f"chain, same chains as the zoo row, float64, CPU; cold = first run incl. JIT compilation{versions})\n\n")
     table = pd.DataFrame(rows)
-    return head + (table.to_markdown(index=False, floatfmt=".3g") if len(table) else "(no peer model selected)"), rows
+    return head + (table.to_markdown(index=False, floatfmt=".3g") if len(table) else "(no peer model selected)"), \
+        [{k: v for k, v in p.items() if k != "key"} for p in peers]
 
 
 COLUMNS = ["model", "backend", "seconds", "grad_evals", "ess_bulk_per_s", "ess_tail_per_s", "max_abs_z",
@@ -348,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every back-end")
     p.add_argument("--peer-python", default=None, help="an interpreter with numpyro and jax")
     p.add_argument("--no-peer", action="store_true", help="skip the NumPyro section")
+    p.add_argument("--levers", action="store_true",
+                   help=f"NUTS speed levers: add back-ends nuts:<lever> for each of {', '.join(LEVERS)}")
     p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # internal: one child cell
     args = p.parse_args(argv)
     if args.cell is None:
@@ -355,6 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # a comma followed by "NAME=" continues a label's sizes ("logistic_regression:N=5000,D=20")
         args.models = [m.strip() for m in re.split(r",(?![A-Za-z_]\w*=)", args.models) if m.strip()]
         args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        if args.levers:
+            args.backends += [f"nuts:{lever}" for lever in LEVERS if f"nuts:{lever}" not in args.backends]
         unknown = [m for m in args.models if parse_label(m)[0] not in zoo.list_models()]
         if unknown or not args.models:
             p.error(f"unknown model(s) {unknown}; choose from {', '.join(zoo.list_models())}")
@@ -374,7 +416,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         name, _ = parse_label(label)
         for backend in args.backends:
             try:
-                registry.get_backend(zoo.get_model(name), backend)
+                registry.get_backend(zoo.get_model(name), backend.partition(":")[0])
             except zoo.ZooError as e:
                 rows.append({"model": label, "backend": backend, "note": f"not applicable: {e}"})
                 continue

@@ -3,7 +3,9 @@
 The step size adapts during warm-up; the number of leapfrog steps per iteration is fixed
 (``num_leapfrog``) rather than the trajectory length, so that a posterior with a hard edge
 (``uniform_pareto``), where the adapted step size collapses, costs a bounded time per
-iteration instead of tens of thousands of steps.
+iteration instead of tens of thousands of steps. Batched over chains (`inference.batched`,
+with the step size jittered by 20% per iteration) where the model allows, Pyro's HMC kernel
+otherwise (option ``sampler``, see `inference.mcmc`).
 """
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from functools import partial
 
 from pyro.infer import HMC
 
-from inference.mcmc import MCMC_OPTIONS, SafePotential, needs_continuous, run_chains
+from inference import batched
+from inference.mcmc import (
+    MCMC_CHOICES,
+    MCMC_OPTIONS,
+    SafePotential,
+    needs_continuous,
+    run_sampler,
+)
 from zoo.problem import Problem
 from zoo.spec import Backend, Fit
 
@@ -34,20 +43,24 @@ class FixedStepsHMC(SafePotential, HMC):
 
 
 def fit(problem: Problem, *, seed: int, num_samples: int, num_warmup: int, num_chains: int,
-        target_accept: float, jit: bool, checkpoint: str, progress: bool | None, num_leapfrog: int) -> Fit:
+        target_accept: float, sampler: str, dense_mass: bool, jit: bool, checkpoint: str, progress: bool | None,
+        num_leapfrog: int) -> Fit:
     """Run ``num_chains`` HMC chains of ``num_leapfrog`` steps; step size adapted in warm-up."""
-    kernel = partial(FixedStepsHMC, num_steps=num_leapfrog, target_accept_prob=target_accept,
+    kernel = partial(FixedStepsHMC, num_steps=num_leapfrog, target_accept_prob=target_accept, full_mass=dense_mass,
                      jit_compile=jit, ignore_jit_warnings=True)
-    return run_chains(problem, kernel, seed=seed, num_samples=num_samples, num_warmup=num_warmup,
-                      num_chains=num_chains, progress=progress, checkpoint=checkpoint,
-                      settings={"kernel": "hmc", "target_accept": target_accept, "jit": jit,
-                                "num_leapfrog": num_leapfrog})
+    transition = partial(batched.hmc_transition, num_leapfrog=num_leapfrog)
+    return run_sampler(problem, kernel, transition, sampler=sampler, seed=seed, num_samples=num_samples,
+                       num_warmup=num_warmup, num_chains=num_chains, target_accept=target_accept,
+                       dense_mass=dense_mass, checkpoint=checkpoint, progress=progress,
+                       settings={"kernel": "hmc", "target_accept": target_accept, "jit": jit,
+                                 "num_leapfrog": num_leapfrog})
 
 
 BACKEND = Backend(
     name="hmc",
     fit=fit,
     options={**MCMC_OPTIONS, "num_leapfrog": 10},
+    choices=MCMC_CHOICES,
     summary="Hamiltonian Monte Carlo, fixed number of leapfrog steps, several chains",
     applicable=needs_continuous,
 )

@@ -105,6 +105,8 @@ def test_inapplicable_backend_says_why_and_which_apply():
     ("importance", {"num_particles": True}, ["num_particles", "True"]),
     ("exact", {"num_warmup": 10}, ["option", "num_warmup"]),
     ("nuts", {"target_accept": 1.5}, ["target_accept", "1.5"]),
+    ("nuts", {"checkpoint": 5}, ["checkpoint", "must be a string", "5"]),
+    ("nuts", {"sampler": "stan"}, ["sampler", "stan", "batched"]),
 ])
 def test_bad_options(backend, options, words):
     with pytest.raises(zoo.ZooError) as err:

@@ -277,4 +277,6 @@ def check_options(problem: Problem, backend: Backend, options: Mapping[str, Any]
                 raise ZooError(f"{where}option {k} must be a positive number, got {v!r}")
             if k in ("target_accept", "lr_decay") and v >= 1:
                 raise ZooError(f"{where}option {k} must be below 1, got {v!r}")
+        elif isinstance(default, str) and not isinstance(v, str):
+            raise ZooError(f"{where}option {k} must be a string, got {v!r}")
     return merged
