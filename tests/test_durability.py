@@ -22,7 +22,11 @@ MODEL = "normal_known_variance"
 
 def _interrupt_when(cmd: list[str], ready, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``cmd``, send SIGINT once ``ready()`` is true, and wait for it to exit."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a job in the background (``cmd &``, as some CI runners do) makes
+    # it ignore SIGINT, and Python then installs no KeyboardInterrupt handler: restore the
+    # default disposition in the child, as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
