@@ -27,7 +27,7 @@ matrix, and with 16 chains instead of 4 (a batch of chains costs about what one 
 NumPyro peer section: with ``--peer-python PATH`` (an interpreter where ``import numpyro``
 works, e.g. a separate venv: ``python -m venv /tmp/npvenv && /tmp/npvenv/bin/pip install
 numpyro jax``; by default this interpreter if it has numpyro), the same NUTS settings on the same
-data for ``logistic_regression`` and ``eight_schools``, for every NUTS row of the zoo, with
+data for ``logistic_regression``, ``eight_schools`` and ``beta_bernoulli``, for every NUTS row of the zoo, with
 NumPyro's chains run sequentially (its choice on one CPU device) and vectorised (batched like
 the zoo's), and the ratio of ESS per second in the same run. NumPyro is never required by the zoo: without it the section says so and is skipped.
 
@@ -267,7 +267,13 @@ def eight_schools(sigma, y=None):
         t = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
         numpyro.sample("y", dist.Normal(mu + tau * t, sigma), obs=y)
 
-model = {"logistic_regression": logistic_regression, "eight_schools": eight_schools}[job["model"]]
+def beta_bernoulli(y, alpha=2.0, beta=2.0):
+    p = numpyro.sample("p", dist.Beta(alpha, beta))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Bernoulli(p), obs=y)
+
+model = {"logistic_regression": logistic_regression, "eight_schools": eight_schools,
+         "beta_bernoulli": beta_bernoulli}[job["model"]]
 data = {k: jnp.asarray(np.asarray(v, dtype=float)) for k, v in job["data"].items()}
 out = {}
 for run in ("cold", "warm"):
@@ -290,7 +296,7 @@ out["versions"] = {"numpyro": numpyro.__version__, "jax": jax.__version__}
 print(json.dumps(out))
 '''
 
-PEER_MODELS = ("logistic_regression", "eight_schools")
+PEER_MODELS = ("logistic_regression", "eight_schools", "beta_bernoulli")
 
 
 def find_peer_python(given: str | None) -> str | None:
