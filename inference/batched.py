@@ -509,7 +509,7 @@ def sample(pot: BatchedPotential, init: torch.Tensor, transition: Callable[..., 
                 if i + 1 == num_warmup:
                     step = adapt.final()
             else:
-                kept.append(Transition(s, t.accept_stat, t.diverging, t.num_steps, t.tree_depth))
+                kept.append(t)
     except KeyboardInterrupt:
         if not kept:
             raise
