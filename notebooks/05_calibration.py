@@ -121,13 +121,16 @@ r = bad.ranks["rank"].to_numpy()
 outer = np.mean((r < 0.1 * (DRAWS + 1)) | (r >= 0.9 * (DRAWS + 1)))
 print(f"passed: {bad.passed}; share of ranks in the outer 20% of 0..L: {outer:.2f} (uniform: 0.20)")
 assert not bad.passed and bad.tests["p_value"].iloc[0] < 1e-4 and outer > 0.4
+assert bad.tests["reading"].iloc[0] == "posterior too narrow (U-shaped ranks)"
 for f in bad.plot(os.path.join(OUT, "bad")):
     display(Image(filename=str(f)))
 del registry.MODELS["overconfident_normal"]
 
 # %% [markdown]
 # The histogram is the U of an over-confident posterior, and the ECDF difference leaves its
-# simultaneous band: the ECDF rises too fast at low ranks and too slowly at high ones.
+# simultaneous band: the ECDF rises too fast at low ranks and too slowly at high ones. The
+# `reading` column says so in words, from the ranks' mean (`mean_rank`, rank / L, 0.5 when
+# calibrated) and spread (`sd_ratio`, 1 when calibrated; above 1 is a U).
 #
 # ## 3. Grids, files and Ray
 #

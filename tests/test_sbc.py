@@ -63,6 +63,23 @@ def test_chi_square_rejects_a_u_shape_and_accepts_uniform_ranks():
     assert tests.loc["flat", "p_value"] > 0.01
 
 
+def test_the_reading_names_the_shape_of_the_ranks():
+    """Ranks from Beta(a, b) shapes: a U (too narrow), a hump (too wide), a tilt (shifted)."""
+    rng = np.random.default_rng(4)
+    shapes = {"u": (0.5, 0.5), "hump": (3, 3), "tilt_up": (2, 1), "tilt_down": (1, 2)}
+    scalars = [k for k in shapes for _ in range(300)] + ["flat"] * 300
+    values = np.r_[np.concatenate([rng.beta(a, b, 300) for a, b in shapes.values()]), rng.random(300)]
+    tests = uniformity_tests(pd.DataFrame({"scalar": scalars, "rank": np.floor(values * 50).astype(int)}), 49)
+    reading = dict(zip(tests["scalar"], tests["reading"]))
+    assert reading == {"u": "posterior too narrow (U-shaped ranks)",
+                       "hump": "posterior too wide (ranks bunched in the middle)",
+                       "tilt_up": "posterior shifted low (truth above the draws)",
+                       "tilt_down": "posterior shifted high (truth below the draws)", "flat": ""}
+    flat = tests.set_index("scalar").loc["flat"]
+    # uniform ranks on 0..49: mean rank / L = 0.5 and the sd ratio 1, within 3 standard errors
+    assert abs(flat["mean_rank"] - 0.5) < 3 * 14.43 / np.sqrt(300) / 49 and abs(flat["sd_ratio"] - 1) < 0.08
+
+
 def test_exact_ranks_follow_the_posterior_cdf_and_pass():
     """Given the truth, rank ~ Binomial(L, F(truth)) with F the Beta posterior CDF (scipy)."""
     L, n = 39, 40
@@ -99,6 +116,7 @@ def test_sbc_fails_for_a_deliberately_overconfident_posterior(overconfident):
     # the failure is the U shape: far more ranks in the outer tenths than the 20% expected
     r = res.ranks["rank"].to_numpy()
     assert np.mean((r < 6) | (r > 53)) > 0.4
+    assert res.tests["reading"].iloc[0] == "posterior too narrow (U-shaped ranks)"
     same = sbc("normal_known_variance", "exact", num_simulations=60, num_draws=59, seed=0, progress=False)
     assert same.passed
 
@@ -113,6 +131,7 @@ def test_save_load_and_resume(tmp_path, monkeypatch):
     assert {p.name for p in written} >= {"ranks.csv", "tests.csv", "runs.csv", "sbc.json", "ranks.png", "ecdf.png"}
     back = SBCResult.load(tmp_path / "report")
     pd.testing.assert_frame_equal(back.ranks, res.ranks)
+    pd.testing.assert_frame_equal(back.tests, res.tests)
     assert back.passed == res.passed and back.threshold == res.threshold
     # a re-run reads every finished task instead of running it; a lost file is run again
     files[3].unlink()

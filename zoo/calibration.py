@@ -103,7 +103,8 @@ class SBCResult:
         if not (out / "sbc.json").exists():
             raise ZooError(f"no SBC result in {str(out)!r} (sbc.json is missing)")
         meta = json.loads((out / "sbc.json").read_text())
-        return cls(ranks=pd.read_csv(out / "ranks.csv"), tests=pd.read_csv(out / "tests.csv"),
+        tests = pd.read_csv(out / "tests.csv", dtype={"reading": str}, keep_default_na=False)
+        return cls(ranks=pd.read_csv(out / "ranks.csv"), tests=tests,
                    runs=pd.read_csv(out / "runs.csv"), **meta)
 
 
@@ -200,7 +201,9 @@ def uniformity_tests(ranks: pd.DataFrame, num_draws: int) -> pd.DataFrame:
     Returns
     -------
     DataFrame with one row per scalar: ``scalar``, ``chi2``, ``p_value``, ``bins``,
-    ``min_expected``.
+    ``min_expected``, and the shape of the ranks: ``mean_rank`` (mean of rank / L; 0.5 if
+    calibrated), ``sd_ratio`` (sd of the ranks over the uniform's; above 1 is a U) and
+    ``reading`` (see `rank_reading`).
     """
     rows = []
     for scalar, group in ranks.groupby("scalar", sort=False):
@@ -212,9 +215,33 @@ def uniformity_tests(ranks: pd.DataFrame, num_draws: int) -> pd.DataFrame:
         observed = np.bincount(of_rank[r], minlength=num_bins)
         expected = len(r) * np.bincount(of_rank, minlength=num_bins) / (num_draws + 1)
         chi2, p = stats.chisquare(observed, expected)
+        mean_rank, sd_ratio = r.mean() / num_draws, r.std() / np.sqrt(((num_draws + 1) ** 2 - 1) / 12)
         rows.append({"scalar": scalar, "chi2": float(chi2), "p_value": float(p), "bins": int(num_bins),
-                     "min_expected": float(expected.min())})
+                     "min_expected": float(expected.min()), "mean_rank": float(mean_rank),
+                     "sd_ratio": float(sd_ratio), "reading": rank_reading(mean_rank, sd_ratio, len(r), num_draws)})
     return pd.DataFrame(rows)
+
+
+def rank_reading(mean_rank: float, sd_ratio: float, num_simulations: int, num_draws: int) -> str:
+    """What the ranks' shape says about the posterior, in words ("" when nothing stands out).
+
+    Ranks count the draws below the truth. A mean rank / L more than 3 standard errors above
+    0.5 means the truth sits above the draws (the posterior is shifted low), and below 0.5
+    shifted high. An sd of the ranks more than 3 standard errors above the uniform's is a U:
+    the posterior is too narrow; below it, ranks bunch in the middle: too wide. The standard
+    errors are those of a mean and an sd of ``num_simulations`` uniform ranks (the uniform's
+    excess kurtosis is -1.2). Ranks tilted to one end also have a smaller sd, so the width is
+    read only when the mean is not off. This describes a failure; the verdict is the chi-square
+    test's.
+    """
+    n = num_simulations
+    sd_mean = np.sqrt(((num_draws + 1) ** 2 - 1) / 12 / n) / num_draws
+    sd_sd_ratio = 0.5 * np.sqrt(0.8 / n)
+    if abs(mean_rank - 0.5) > 3 * sd_mean:
+        return "posterior shifted " + ("low (truth above the draws)" if mean_rank > 0.5 else "high (truth below the draws)")
+    if abs(sd_ratio - 1) > 3 * sd_sd_ratio:
+        return "posterior too narrow (U-shaped ranks)" if sd_ratio > 1 else "posterior too wide (ranks bunched in the middle)"
+    return ""
 
 
 def simulation_ranks(task: Task) -> dict[str, Any]:
