@@ -21,6 +21,7 @@ Examples::
 
     python benchmarks/sbc_table.py --models normal_gamma --backends exact,nuts,svi
     python benchmarks/sbc_table.py --executor ray --out sbc_runs   # everything, resumable
+    python benchmarks/sbc_table.py --report --out sbc_runs         # the table so far, runs nothing
 """
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ if str(ROOT) not in sys.path:
 import zoo
 from zoo import api, registry
 from zoo.files import write_text
+from zoo.grids import Task
 from zoo.problem import prepare
 
 POINT_ESTIMATES = {"em": "EM returns a point estimate (no posterior width to calibrate)",
                    "mle": "maximum likelihood: a point estimate",
                    "nce": "noise-contrastive estimation: a point estimate"}
+MIN_REPORTED = 20  # --report scores a pair from at least this many simulations (4 bins of 5 ranks)
 SETTINGS = {
     "nuts": {"num_warmup": 200, "num_samples": 100, "num_chains": 2},
     "hmc": {"num_warmup": 200, "num_samples": 100, "num_chains": 2},
@@ -91,10 +94,22 @@ def verdict(name: str, label: str, args: argparse.Namespace) -> dict:
     return {"model": name, "backend": label, "verdict": "passed" if r.passed else "FAILED",
             "min_p": float(worst["p_value"]), "worst_scalar": worst["scalar"], "threshold": r.threshold,
             "scalars": len(r.tests), "failed_scalars": len(failed),
-            "reading": "; ".join(sorted(set(failed["reading"]) - {""})),
+            "reading": "; ".join(f"{reading} on {', '.join(group['scalar'])}"
+                                 for reading, group in failed.groupby("reading") if reading),
             "low_ess_sims": int((r.runs["ess_bulk_min"] < args.draws).sum()),
             "seconds": round(float(r.runs["seconds"].sum()), 1), "wall_seconds": round(time.perf_counter() - start, 1),
             "settings": json.dumps(options), "note": r.note}
+
+
+def reported(name: str, label: str, args: argparse.Namespace) -> dict:
+    """A pair's row from the simulations on disk: the first n consecutive seeds, n <= --simulations."""
+    n = 0
+    while n < args.simulations and Task("sbc", name, label, args.seed + n).path(args.out).exists():
+        n += 1
+    if n < MIN_REPORTED:
+        return {"model": name, "backend": label, "verdict": "not run", "note": f"{n} simulations on disk"}
+    return {**verdict(name, label, argparse.Namespace(**{**vars(args), "simulations": n})),
+            "simulations": n, "draws": args.draws}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--executor", default="local", choices=["local", "ray"])
     parser.add_argument("--out", type=Path, default=Path("sbc_runs"))
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: score each pair from the simulations already under --out "
+                             f"(the first n seeds, n <= --simulations, at least {MIN_REPORTED})")
     args = parser.parse_args(argv)
     models = zoo.list_models() if args.models is None else args.models.split(",")
     backends = None if args.backends is None else args.backends.split(",")
@@ -123,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             row = {"model": name, "backend": label, "verdict": "n/a", "note": reason}
         elif key in done:
             row = done[key]
+        elif args.report:
+            row = reported(name, label, args)
         else:
             row = {**verdict(name, label, args), "simulations": args.simulations, "draws": args.draws}
             done[key] = row
@@ -131,6 +151,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
     table = pd.DataFrame(rows)
     print(table.drop(columns=[c for c in ("settings",) if c in table]).to_markdown(index=False, floatfmt=".3g"))
+    print()
+    print(verdict_matrix(table).to_markdown())
+
+
+def verdict_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """Models x back-ends, each cell the verdict (pass, FAIL, n/a or error), in run order."""
+    cells = table.assign(verdict=table["verdict"].replace({"passed": "pass", "FAILED": "FAIL"}))
+    matrix = cells.pivot(index="model", columns="backend", values="verdict").fillna("")
+    return matrix.loc[list(dict.fromkeys(table["model"])), list(dict.fromkeys(table["backend"]))]
 
 
 if __name__ == "__main__":
