@@ -156,8 +156,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def verdict_matrix(table: pd.DataFrame) -> pd.DataFrame:
-    """Models x back-ends, each cell the verdict (pass, FAIL, n/a or error), in run order."""
+    """Models x back-ends, each cell the verdict (pass, FAIL, n/a, not run or error), in run
+    order; a verdict from other than the most common number of simulations gives it."""
     cells = table.assign(verdict=table["verdict"].replace({"passed": "pass", "FAILED": "FAIL"}))
+    if "simulations" in cells:
+        usual = cells["simulations"].mode().iloc[0]
+        other = cells["simulations"].notna() & (cells["simulations"] != usual)
+        cells.loc[other, "verdict"] += cells.loc[other, "simulations"].map(lambda n: f" ({int(n)} sims)")
     matrix = cells.pivot(index="model", columns="backend", values="verdict").fillna("")
     return matrix.loc[list(dict.fromkeys(table["model"])), list(dict.fromkeys(table["backend"]))]
 
