@@ -215,7 +215,7 @@ def uniformity_tests(ranks: pd.DataFrame, num_draws: int) -> pd.DataFrame:
         observed = np.bincount(of_rank[r], minlength=num_bins)
         expected = len(r) * np.bincount(of_rank, minlength=num_bins) / (num_draws + 1)
         chi2, p = stats.chisquare(observed, expected)
-        mean_rank, sd_ratio = r.mean() / num_draws, r.std() / np.sqrt(((num_draws + 1) ** 2 - 1) / 12)
+        mean_rank, sd_ratio = r.mean() / num_draws, r.std() / _uniform_rank_sd(num_draws)
         rows.append({"scalar": scalar, "chi2": float(chi2), "p_value": float(p), "bins": int(num_bins),
                      "min_expected": float(expected.min()), "mean_rank": float(mean_rank),
                      "sd_ratio": float(sd_ratio), "reading": rank_reading(mean_rank, sd_ratio, len(r), num_draws)})
@@ -235,13 +235,18 @@ def rank_reading(mean_rank: float, sd_ratio: float, num_simulations: int, num_dr
     test's.
     """
     n = num_simulations
-    sd_mean = np.sqrt(((num_draws + 1) ** 2 - 1) / 12 / n) / num_draws
+    sd_mean = _uniform_rank_sd(num_draws) / np.sqrt(n) / num_draws
     sd_sd_ratio = 0.5 * np.sqrt(0.8 / n)
     if abs(mean_rank - 0.5) > 3 * sd_mean:
         return "posterior shifted " + ("low (truth above the draws)" if mean_rank > 0.5 else "high (truth below the draws)")
     if abs(sd_ratio - 1) > 3 * sd_sd_ratio:
         return "posterior too narrow (U-shaped ranks)" if sd_ratio > 1 else "posterior too wide (ranks bunched in the middle)"
     return ""
+
+
+def _uniform_rank_sd(num_draws: int) -> float:
+    """The sd of a rank uniform on 0..num_draws."""
+    return float(np.sqrt(((num_draws + 1) ** 2 - 1) / 12))
 
 
 def simulation_ranks(task: Task) -> dict[str, Any]:
