@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         key = (name, label, args.simulations, args.draws)
         if reason is not None:
             row = {"model": name, "backend": label, "verdict": "n/a", "note": reason}
+        elif args.report:  # from the simulation files, never the cached verdicts, which they may have outdated
+            row = reported(name, label, args)
         elif key in done:
             row = done[key]
-        elif args.report:
-            row = reported(name, label, args)
         else:
             row = {**verdict(name, label, args), "simulations": args.simulations, "draws": args.draws}
             done[key] = row
