@@ -63,9 +63,9 @@ def benchmark(model: str, *, quick: bool, seed: int) -> pd.DataFrame:
     spec = zoo.get_model(model)
     rows = []
     for backend in zoo.list_backends(model):
-        if backend in spec.skip_by_default:
+        if backend in spec.backends.skip_by_default:
             rows.append(pd.DataFrame([{"backend": backend,
-                                       "note": f"not applicable: left out of the default comparison: {spec.skip_by_default[backend]}"}]))
+                                       "note": f"not applicable: left out of the default comparison: {spec.backends.skip_by_default[backend]}"}]))
             continue
         start = time.perf_counter()
         try:

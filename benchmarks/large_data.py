@@ -88,8 +88,8 @@ def gmm_subsampled(x=None, N=None, subsample_size=None, K=K):
 
 def _gmm_model():
     """The zoo's gaussian_mixture model if it takes ``subsample_size``, else ours."""
-    if importlib.util.find_spec("models.gaussian_mixture") is not None:
-        from models import gaussian_mixture
+    if importlib.util.find_spec("zoo.models.gaussian_mixture") is not None:
+        from zoo.models import gaussian_mixture
 
         if "subsample_size" in inspect.signature(gaussian_mixture.model).parameters:
             return gaussian_mixture.model, "zoo model models/gaussian_mixture.py"
@@ -131,7 +131,7 @@ def run_one(name: str, n: int, *, batch: int, steps: int, full_steps: int, subsa
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     if name == "logistic_regression":
-        from models.logistic_regression import model as lr_model
+        from zoo.models.logistic_regression import model as lr_model
 
         model, source = partial(lr_model, **data, subsample_size=B), "zoo model models/logistic_regression.py"
         guide = AutoNormal(model)

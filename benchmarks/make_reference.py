@@ -30,7 +30,7 @@ import pyro
 import torch
 
 import zoo
-from models import logistic_regression as lr
+from zoo.models import logistic_regression as lr
 
 MODEL = "logistic_regression"
 

@@ -66,7 +66,7 @@ if str(ROOT) not in sys.path:
 import zoo
 from benchmarks.backends import _jsonable
 from zoo import registry
-from zoo.problem import prepare
+from zoo.core.problem import prepare
 
 MODELS = ["logistic_regression", "logistic_regression:N=5000,D=20", "eight_schools", "normal_gamma"]
 BACKENDS = ["nuts", "svi"]
@@ -156,7 +156,7 @@ class GradCounter:
         from pyro.infer.mcmc import hmc, nuts
         from pyro.ops import integrator
 
-        from inference import batched
+        from zoo.inference import batched
 
         self.count = 0
         original = integrator.potential_grad

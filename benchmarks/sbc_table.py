@@ -39,10 +39,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import zoo
-from zoo import api, registry
-from zoo.files import write_text
-from zoo.grids import Task
-from zoo.problem import prepare
+from zoo import registry
+from zoo.core.files import write_text
+from zoo.core.problem import prepare
+from zoo.tasks import Task
 
 POINT_ESTIMATES = {"em": "EM returns a point estimate (no posterior width to calibrate)",
                    "mle": "maximum likelihood: a point estimate",
@@ -68,11 +68,11 @@ def pairs(models: list[str], backends: list[str] | None) -> list[tuple[str, str,
         for label, backend in registry.backends_for(spec).items():
             if backends is not None and label not in backends:
                 continue
-            reason = api.not_applicable(problem, backend)
+            reason = registry.not_applicable(problem, backend)
             if reason is None and label in POINT_ESTIMATES:
                 reason = POINT_ESTIMATES[label]
-            if reason is None and label in spec.skip_by_default:
-                reason = f"not run: left out of the default comparison ({spec.skip_by_default[label]})"
+            if reason is None and label in spec.backends.skip_by_default:
+                reason = f"not run: left out of the default comparison ({spec.backends.skip_by_default[label]})"
             if reason is None and not spec.latent_sites:
                 reason = "no global latent sites: the network weights are point estimates"
             out.append((name, label, reason))

@@ -43,8 +43,8 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 
-from inference.common import _padded, _vectorised
-from zoo.problem import DTYPE, Problem
+from zoo.core.problem import DTYPE, Problem
+from zoo.inference.common import padded, vectorised_over
 
 MAX_ENERGY_ERROR = 1000.0
 
@@ -141,9 +141,9 @@ class BatchedPotential:
         for b, u in zip(self.blocks, self._split(z)):
             x = b.transform(u)
             total = total + b.transform.log_abs_det_jacobian(u, x).reshape(n, -1).sum(1)
-            values[b.name] = _padded(self.problem, b.name, x) if vectorised else x[0]
+            values[b.name] = padded(self.problem, b.name, x) if vectorised else x[0]
         model = poutine.condition(self.problem.model, values)
-        with _vectorised(self.problem, n) if vectorised else nullcontext():
+        with vectorised_over(self.problem, n) if vectorised else nullcontext():
             tr = poutine.trace(model).get_trace()
         for site in tr.nodes.values():
             if site["type"] == "sample":

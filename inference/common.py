@@ -1,6 +1,6 @@
 """Pieces every back-end shares: seeding, vectorised sampling and log densities, draw shapes.
 
-All of it works on a `zoo.problem.Problem` and knows no particular model. Vectorisation wraps
+All of it works on a `zoo.core.problem.Problem` and knows no particular model. Vectorisation wraps
 the whole model in one outer plate left of the model's own plates (as Pyro's
 ``Predictive(parallel=True)`` does), so a model written with plates and broadcasting is
 evaluated for S draws at once.
@@ -19,11 +19,25 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
 
-from zoo.errors import ZooError
-from zoo.files import jsonable
-from zoo.problem import DTYPE, Problem
+from zoo.core.errors import ZooError
+from zoo.core.files import jsonable
+from zoo.core.problem import DTYPE, Problem
 
 CHUNK = 1000
+
+
+def needs_continuous(problem: Problem) -> str | None:
+    """Reason a gradient-based back-end cannot run: no continuous latent site to move.
+
+    Discrete sites are fine: they are summed out by enumeration and their draws rebuilt
+    afterwards with `inference.common.discrete_draws`.
+    """
+    if problem.sites and all(s.discrete for s in problem.sites.values()):
+        return (f"every latent site ({', '.join(problem.sites)}) is discrete: nothing for a "
+                "gradient-based method to move; use enum or exact")
+    if not problem.sites:
+        return "the model has no latent sites"
+    return None
 
 
 def run_key(problem: Problem, settings: dict[str, Any]) -> str:
@@ -59,12 +73,14 @@ def chain_seeds(seed: int, num_chains: int) -> list[int]:
 
 
 @contextmanager
-def _vectorised(problem: Problem, num: int) -> Iterator[None]:
+def vectorised_over(problem: Problem, num: int) -> Iterator[None]:
+    """An outer plate of ``num`` draws, left of the model's own plates: inside it a model that
+    broadcasts evaluates ``num`` draws at once."""
     with pyro.plate("_draws", num, dim=-(problem.max_plate_nesting + 1)):
         yield
 
 
-def _padded(problem: Problem, name: str, value: torch.Tensor) -> torch.Tensor:
+def padded(problem: Problem, name: str, value: torch.Tensor) -> torch.Tensor:
     """Reshape (S, *site_shape) draws so they broadcast against the outer draws plate."""
     site = problem.sites[name]
     pad = problem.max_plate_nesting - len(site.batch_shape)
@@ -107,7 +123,7 @@ def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[d
     def run(start: int, n: int, vectorised: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
         log_q = torch.zeros(n, dtype=DTYPE)
         with torch.no_grad(), pyro.validation_enabled(False):
-            with _vectorised(problem, n) if vectorised else nullcontext():
+            with vectorised_over(problem, n) if vectorised else nullcontext():
                 tr = poutine.trace(fn).get_trace()
             for name, site in tr.nodes.items():
                 if site["type"] == "sample" and not site["is_observed"] and name not in discrete \
@@ -131,7 +147,7 @@ def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
         return torch.as_tensor(v, dtype=torch.long if problem.sites[k].discrete else DTYPE)
 
     if vectorised:
-        return {k: _padded(problem, k, tensor(k, v[start:start + n])) for k, v in draws.items()}
+        return {k: padded(problem, k, tensor(k, v[start:start + n])) for k, v in draws.items()}
     return {k: tensor(k, v[start]) for k, v in draws.items()}
 
 
@@ -168,7 +184,7 @@ def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.nd
         if marginal:
             conditioned = poutine.enum(conditioned, first_available_dim=-(base + 1))
         with torch.no_grad():
-            with _vectorised(problem, n) if vectorised else nullcontext():
+            with vectorised_over(problem, n) if vectorised else nullcontext():
                 tr = poutine.trace(conditioned).get_trace()
             tr.compute_log_prob()
         total, lik, mixed, mixed_obs = torch.zeros(n, dtype=DTYPE), {}, [], []
@@ -217,7 +233,7 @@ def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: 
         conditioned = poutine.condition(enumerated(problem), _values(problem, draws, start, n, vectorised))
 
         def model() -> Any:  # the draws plate inside: infer_discrete blocks handlers outside it
-            with _vectorised(problem, n) if vectorised else nullcontext():
+            with vectorised_over(problem, n) if vectorised else nullcontext():
                 return conditioned()
 
         fn = infer_discrete(model, first_available_dim=-(base + 1), temperature=temperature)

@@ -16,8 +16,10 @@ import torch
 from pyro import poutine
 from pyro.infer import infer_discrete
 
-from inference import svi
-from inference.common import (
+from zoo.core.problem import Problem
+from zoo.core.spec import Backend, Fit
+from zoo.inference import svi
+from zoo.inference.common import (
     complete_draws,
     discrete_draws,
     enumerated,
@@ -25,8 +27,6 @@ from inference.common import (
     seed_all,
     to_chains,
 )
-from zoo.problem import Problem
-from zoo.spec import Backend, Fit
 
 
 def applicable(problem: Problem) -> str | None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.common import to_chains
-from zoo.problem import Problem
-from zoo.spec import Backend, Fit
+from zoo.core.problem import Problem
+from zoo.core.spec import Backend, Fit
+from zoo.inference.common import to_chains
 
 
 def fit(problem: Problem, *, seed: int, num_samples: int, num_chains: int, progress=None) -> Fit:

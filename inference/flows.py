@@ -14,9 +14,8 @@ import pyro.distributions.transforms as T
 import torch
 from pyro.infer.autoguide import AutoNormalizingFlow
 
-from zoo.errors import ZooError
-
-DTYPE = torch.float64
+from zoo.core.errors import ZooError
+from zoo.core.problem import DTYPE
 
 
 def coupling_transform(dim: int, num_layers: int = 4, hidden: int | None = None, seed: int | None = None,

@@ -13,16 +13,16 @@ from functools import partial
 
 from pyro.infer import HMC
 
-from inference import batched
-from inference.mcmc import (
+from zoo.core.problem import Problem
+from zoo.core.spec import Backend, Fit
+from zoo.inference import batched
+from zoo.inference.common import needs_continuous
+from zoo.inference.mcmc import (
     MCMC_CHOICES,
     MCMC_OPTIONS,
     SafePotential,
-    needs_continuous,
     run_sampler,
 )
-from zoo.problem import Problem
-from zoo.spec import Backend, Fit
 
 
 class FixedStepsHMC(SafePotential, HMC):

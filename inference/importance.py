@@ -12,25 +12,25 @@ import math
 
 import numpy as np
 
-from inference import svi
-from inference.common import (
+from zoo.core import arviz_io
+from zoo.core.problem import Problem
+from zoo.core.spec import Backend, Fit
+from zoo.inference import svi
+from zoo.inference.common import (
     complete_draws,
     importance_weights,
+    needs_continuous,
     prior,
     seed_all,
     to_chains,
 )
-from inference.mcmc import needs_continuous
-from zoo import arviz_io
-from zoo.problem import Problem
-from zoo.spec import Backend, Fit
 
 
 def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles: int,
         num_samples: int, num_chains: int, num_steps: int, lr: float, progress=None) -> Fit:
     """Weight ``num_particles`` proposal draws and resample ``num_chains x num_samples``."""
     if proposal == "auto":
-        proposal = "prior" if "svi" in problem.spec.limits else "guide"
+        proposal = "prior" if "svi" in problem.spec.backends.limits else "guide"
     if proposal == "guide":
         q, _ = svi.train(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr,
                          lr_decay=svi.SVI_OPTIONS["lr_decay"], num_particles=1, progress=progress)

@@ -25,8 +25,12 @@ import torch
 from pyro.infer import MCMC
 from pyro.infer.autoguide.initialization import init_to_value
 
-from inference import batched
-from inference.common import (
+from zoo.core.errors import ZooError
+from zoo.core.files import atomic_write
+from zoo.core.problem import Problem
+from zoo.core.spec import Fit
+from zoo.inference import batched
+from zoo.inference.common import (
     chain_seeds,
     complete_draws,
     enumerated,
@@ -35,10 +39,6 @@ from inference.common import (
     seed_all,
     to_chains,
 )
-from zoo.errors import ZooError
-from zoo.files import atomic_write
-from zoo.problem import Problem
-from zoo.spec import Fit
 
 
 class SafePotential:
@@ -61,20 +61,6 @@ class SafePotential:
                 return sum((v * 0).sum() for v in z.values()) + float("nan")
 
         self.potential_fn = safe
-
-
-def needs_continuous(problem: Problem) -> str | None:
-    """Reason a gradient-based back-end cannot run: no continuous latent site to move.
-
-    Discrete sites are fine: they are summed out by enumeration and their draws rebuilt
-    afterwards with `inference.common.discrete_draws`.
-    """
-    if problem.sites and all(s.discrete for s in problem.sites.values()):
-        return (f"every latent site ({', '.join(problem.sites)}) is discrete: nothing for a "
-                "gradient-based method to move; use enum or exact")
-    if not problem.sites:
-        return "the model has no latent sites"
-    return None
 
 
 def run_sampler(problem: Problem, make_kernel, batched_transition, *, sampler: str, seed: int,

@@ -27,22 +27,22 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from inference.common import (
+from zoo.core.errors import InferenceError, ZooError
+from zoo.core.files import atomic_write
+from zoo.core.problem import Problem
+from zoo.core.spec import Backend, Fit
+from zoo.inference.common import (
     complete_draws,
     enumerated,
     importance_weights,
     init_values,
+    needs_continuous,
     run_key,
     sample_vectorised,
     seed_all,
     to_chains,
 )
-from inference.flows import coupling_guide
-from inference.mcmc import needs_continuous
-from zoo.errors import InferenceError, ZooError
-from zoo.files import atomic_write
-from zoo.problem import Problem
-from zoo.spec import Backend, Fit
+from zoo.inference.flows import coupling_guide
 
 GUIDES = {
     "mean_field": ag.AutoNormal,
@@ -80,8 +80,8 @@ def train(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float,
     seed_all(seed)
     pyro.clear_param_store()
     discrete = list(problem.discrete_sites)
-    if guide in problem.spec.guides:  # the model's own guide (an amortised encoder)
-        q = problem.spec.guides[guide](problem)
+    if guide in problem.spec.backends.guides:  # the model's own guide (an amortised encoder)
+        q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
         q = GUIDES[guide](poutine.block(problem.model, hide=discrete) if discrete else problem.model,
                           init_loc_fn=init_to_value(values=init_values(problem, seed)))

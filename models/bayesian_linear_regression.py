@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec
+from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference
 
 PRIORS = ("gaussian", "laplace")
 
@@ -140,6 +140,11 @@ SPEC = ModelSpec(
     seed_section="004 2.1.2, 2.1.4 (MAP); 001 (MSE = Gaussian likelihood, L2 = Gaussian prior, "
                  "L1 = Laplace prior)",
     inputs=inputs,
-    exact=exact,
-    no_exact=no_exact,
+    reference=Reference(
+        exact=exact,
+        unavailable=no_exact,
+    ),
+    backends=Backends(
+        default=("exact", "nuts"),
+    ),
 )

@@ -8,8 +8,8 @@ from pyro.ops.indexing import Vindex
 from scipy import special, stats
 from torch.distributions import constraints
 
-from zoo.errors import ZooError
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference
 
 
 def model(arm, y=None, N=None, K=3, alpha=1.0, beta=1.0):
@@ -100,6 +100,11 @@ SPEC = ModelSpec(
     sizes={"N": 200},
     seed_section="000 (Beta prior, Thompson sampling; Hoeffding -> UCB)",
     inputs=inputs,
-    exact=exact,
     check=check,
+    reference=Reference(
+        exact=exact,
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

@@ -7,7 +7,15 @@ import pyro.distributions as dist
 from scipy import special, stats
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec, exact_from_scipy
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    exact_from_scipy,
+)
 
 
 def model(y=None, N=None, alpha=2.0, beta=2.0):
@@ -68,6 +76,11 @@ SPEC = ModelSpec(
     sizes={"N": 50},
     seed_section="000 beta分布 (Beta prior, Thompson sampling), 004 2.1.3 (conjugate table, "
                  "Bernoulli row), 003 七 (apples: Beta(50,50) -> Beta(58,52) -> Beta(67,53))",
-    exact=exact,
-    posterior_hyper=lambda post: {"alpha": post.extra["alpha_n"], "beta": post.extra["beta_n"]},
+    reference=Reference(
+        exact=exact,
+        posterior_hyper=lambda post: {"alpha": post.extra["alpha_n"], "beta": post.extra["beta_n"]},
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

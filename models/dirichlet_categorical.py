@@ -8,7 +8,15 @@ import torch
 from scipy import special, stats
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec, exact_from_scipy
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    exact_from_scipy,
+)
 
 
 def model(x=None, N=None, alpha=(1.0, 1.0, 1.0)):
@@ -66,6 +74,11 @@ SPEC = ModelSpec(
     sizes={"N": 100},
     seed_section="004 2.1.3 (conjugate table, row 6: Multinomial likelihood, Dirichlet prior), "
                  "003 七 (apple sizes)",
-    exact=exact,
-    posterior_hyper=lambda post: {"alpha": post.extra["alpha_n"]},
+    reference=Reference(
+        exact=exact,
+        posterior_hyper=lambda post: {"alpha": post.extra["alpha_n"]},
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

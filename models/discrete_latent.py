@@ -37,11 +37,11 @@ from pyro.ops.indexing import Vindex
 from sklearn.metrics import adjusted_rand_score
 from torch.distributions import constraints
 
-from inference.common import single_thread
-from zoo.errors import ZooError
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.problem import DTYPE
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
+from zoo.inference.common import single_thread
 
-DTYPE = torch.float64
 ESTIMATORS = ("reinforce", "reinforce_baseline", "nvil", "gumbel_softmax", "enumeration")
 BASELINE_DECAY = 0.9
 
@@ -236,7 +236,7 @@ def variance_table(samples: dict[str, np.ndarray], exact: np.ndarray) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def gradient_variance(data: dict | None = None, *, K: int = 3, sigma: float = 1.0, point: dict | None = None,
+def gradient_variance(data: dict, *, K: int = 3, sigma: float = 1.0, point: dict | None = None,
                       estimators: Sequence[str] = ("reinforce", "reinforce_baseline", "nvil", "gumbel_softmax"),
                       temperatures: Sequence[float] = (0.1, 0.5, 1.0), num_draws: int = 1000,
                       seed: int = 0) -> pd.DataFrame:
@@ -244,7 +244,7 @@ def gradient_variance(data: dict | None = None, *, K: int = 3, sigma: float = 1.
 
     Parameters
     ----------
-    data : ``{"x": (N,)}``; None for ``zoo.simulate("discrete_latent", seed=0)``.
+    data : ``{"x": (N,)}``, for example ``zoo.simulate("discrete_latent", seed=0)[0]``.
     K, sigma : the model's hyperparameters.
     point : ``{"locs", "a", "b"}`` arrays of shape (K,); default `default_point`.
     estimators : which estimators (the exact ``enumeration`` row is always there).
@@ -259,10 +259,6 @@ def gradient_variance(data: dict | None = None, *, K: int = 3, sigma: float = 1.
     |mean - exact| / standard error over the 2K coordinates), ``exact_grad_norm``. The
     ``enumeration`` row is the exact gradient (variance 0).
     """
-    if data is None:
-        import zoo
-
-        data = zoo.simulate("discrete_latent", seed=0, hyper={"K": K, "sigma": sigma})[0]
     x = np.asarray(data["x"], dtype=float)
     point = point or default_point(x, K, sigma)
     samples, exact = gradient_samples(x, point["locs"], point["a"], point["b"], sigma=sigma,
@@ -459,9 +455,14 @@ SPEC = ModelSpec(
     sizes={"N": 100},
     seed_section="004 3.4 (discrete latent variables: REINFORCE, Gumbel-softmax, control variates, NVIL), "
                  "002 8 (Gumbel-softmax)",
-    backends=BACKENDS,
     check=check,
-    relabel=relabel,
-    relabel_note="clusters sorted by their mean (locs) in every draw, c remapped to match",
-    diagnose=diagnose,
+    scoring=Scoring(
+        relabel=relabel,
+        relabel_note="clusters sorted by their mean (locs) in every draw, c remapped to match",
+        diagnose=diagnose,
+    ),
+    backends=Backends(
+        default=("enumeration",),
+        own=BACKENDS,
+    ),
 )

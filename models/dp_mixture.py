@@ -26,8 +26,8 @@ from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 from tqdm.auto import tqdm
 
-from zoo.errors import ZooError
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
 
 NAME = "dp_mixture"
 STICK_EPS = 1e-12  # sticks are kept in [eps, 1 - eps] so every log density stays finite
@@ -422,11 +422,16 @@ SPEC = ModelSpec(
     },
     sizes={"N": 150, "D": 2},
     seed_section="004 2.3 (2.3.1 stick-breaking eq 2.1, 2.3.3 Polya urn eqs 2.10-2.11, 2.3.4 Gibbs)",
-    backends={"gibbs": GIBBS},
     check=check,
-    diagnose=diagnose,
-    relabel=relabel,
-    relabel_note=RELABEL_NOTE,
-    skip_by_default={"nuts": "about 8 minutes for 300+300 draws at N=500, T=10 (enumerated "
-                             "assignments); run it by naming it"},
+    scoring=Scoring(
+        diagnose=diagnose,
+        relabel=relabel,
+        relabel_note=RELABEL_NOTE,
+    ),
+    backends=Backends(
+        default=("gibbs",),
+        own={"gibbs": GIBBS},
+        skip_by_default={"nuts": "about 8 minutes for 300+300 draws at N=500, T=10 (enumerated "
+                                 "assignments); run it by naming it"},
+    ),
 )

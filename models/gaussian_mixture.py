@@ -19,8 +19,8 @@ from pyro.ops.indexing import Vindex
 from scipy.special import logsumexp
 from torch.distributions import constraints
 
-from zoo.errors import ZooError
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
 
 NAME = "gaussian_mixture"
 RELABEL_NOTE = "components relabelled by increasing locs[..., 0] in every draw (label switching)"
@@ -319,7 +319,7 @@ def diagnose(problem, posterior: dict[str, np.ndarray], truth: dict | None) -> d
 
     Parameters
     ----------
-    problem : the `zoo.problem.Problem` (its ``np_data["x"]`` and ``np_hyper["K"]``).
+    problem : the `zoo.core.problem.Problem` (its ``np_data["x"]`` and ``np_hyper["K"]``).
     posterior : site -> (chain, draw, ...) arrays, already relabelled.
     truth : the simulated latents, or None.
 
@@ -378,17 +378,21 @@ SPEC = ModelSpec(
     },
     sizes={"N": 200, "D": 3},
     seed_section="004 3.2 (EM algorithm, 3.2.2 categorical latent variables), 003 6.8 (mixture distributions)",
-    exact=None,
-    backends={"em": EM_BACKEND},
     check=check,
-    diagnose=diagnose,
-    relabel=relabel,
-    relabel_note=RELABEL_NOTE,
-    skip_by_default={
-        "nuts": "slow with the assignments enumerated: 150 + 150 draws of one chain at N=150 took "
-                "150 s on a busy 2-core machine, so the default 4 x (1000 + 1000) draws take tens of "
-                "minutes; name it with fewer draws (e.g. num_samples=200, num_warmup=200)",
-        "hmc": "slow and poorly mixing here: 30 + 30 draws at N=200 took 20 s with bulk ESS 2 on a "
-               "busy 2-core machine; name it to run it",
-    },
+    scoring=Scoring(
+        diagnose=diagnose,
+        relabel=relabel,
+        relabel_note=RELABEL_NOTE,
+    ),
+    backends=Backends(
+        default=("em",),
+        own={"em": EM_BACKEND},
+        skip_by_default={
+            "nuts": "slow with the assignments enumerated: 150 + 150 draws of one chain at N=150 took "
+                    "150 s on a busy 2-core machine, so the default 4 x (1000 + 1000) draws take tens of "
+                    "minutes; name it with fewer draws (e.g. num_samples=200, num_warmup=200)",
+            "hmc": "slow and poorly mixing here: 30 + 30 draws at N=200 took 20 s with bulk ESS 2 on a "
+                   "busy 2-core machine; name it to run it",
+        },
+    ),
 )

@@ -27,8 +27,16 @@ from pyro.distributions import TorchDistribution
 from scipy import linalg
 from torch.distributions import constraints
 
-from zoo.errors import ZooError
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    Scoring,
+)
 
 NAME = "linear_gaussian_ssm"
 
@@ -450,7 +458,14 @@ SPEC = ModelSpec(
     sizes={"T": 50},
     seed_section="004 1.4 (State-Space model, eq 1.2: x' = Ax + Bu, y = Cx + Du), discretised",
     inputs=inputs,
-    exact=exact,
     check=check,
-    diagnose=diagnose,
+    reference=Reference(
+        exact=exact,
+    ),
+    scoring=Scoring(
+        diagnose=diagnose,
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

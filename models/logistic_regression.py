@@ -24,7 +24,15 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    Scoring,
+)
 
 REFERENCE_NPZ = Path(__file__).with_name("logistic_regression_reference.npz")
 REFERENCE_JSON = Path(__file__).with_name("logistic_regression_reference.json")
@@ -200,7 +208,14 @@ SPEC = ModelSpec(
     seed_section="001 (cross-entropy = Bernoulli likelihood, L2 = Gaussian prior); 004 2.1.2 "
                  "(discriminative model)",
     inputs=inputs,
-    exact=exact,
-    no_exact=no_exact,
-    diagnose=diagnose,
+    reference=Reference(
+        exact=exact,
+        unavailable=no_exact,
+    ),
+    scoring=Scoring(
+        diagnose=diagnose,
+    ),
+    backends=Backends(
+        default=("nuts",),
+    ),
 )

@@ -19,9 +19,9 @@ from pyro.ops.indexing import Vindex
 from scipy.special import logsumexp
 from torch.distributions import constraints
 
-from models.ppca import gaussian_loglik
-from zoo.errors import ZooError
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
+from zoo.models.ppca import gaussian_loglik
 
 
 def model(x=None, N=None, D=None, K=2, d=1, alpha=1.0, s=1.0, mu0=0.0, sigma0=10.0, sigma_scale=1.0):
@@ -271,15 +271,20 @@ SPEC = ModelSpec(
     },
     sizes={"N": 200, "D": 3},
     seed_section="004 3.3.1 (mixture PCA, eq 3.5; E step 3.6, M step 3.7)",
-    backends={"em": EM_BACKEND},
     check=check,
-    diagnose=diagnose,
-    relabel=relabel,
-    relabel_note="components relabelled by increasing mu[..., 0] in every draw (label switching)",
-    skip_by_default={
-        "nuts": "slow and stuck with the components enumerated: 20 + 20 draws of one chain at N=200 "
-                "took 14 s of CPU, every draw divergent, all points in one component (ARI 0); "
-                "em and enum (ARI 1.0 on the default data) do the job; name it to try",
-        "hmc": "as nuts",
-    },
+    scoring=Scoring(
+        diagnose=diagnose,
+        relabel=relabel,
+        relabel_note="components relabelled by increasing mu[..., 0] in every draw (label switching)",
+    ),
+    backends=Backends(
+        default=("em",),
+        own={"em": EM_BACKEND},
+        skip_by_default={
+            "nuts": "slow and stuck with the components enumerated: 20 + 20 draws of one chain at N=200 "
+                    "took 14 s of CPU, every draw divergent, all points in one component (ARI 0); "
+                    "em and enum (ARI 1.0 on the default data) do the job; name it to try",
+            "hmc": "as nuts",
+        },
+    ),
 )

@@ -8,9 +8,9 @@ import torch
 from scipy import special, stats
 from torch.distributions import constraints
 
-import zoo.transforms  # noqa: F401  (registers biject_to(positive_definite) for NUTS and SVI)
-from zoo.errors import ZooError
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec
+import zoo.core.transforms  # noqa: F401  (registers biject_to(positive_definite) for NUTS and SVI)
+from zoo.core.errors import ZooError
+from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference
 
 _MU = (0.0, 0.0)
 _W0 = ((1.0, 0.0), (0.0, 1.0))
@@ -37,7 +37,7 @@ def model(x=None, N=None, mu=_MU, nu0=5.0, W0=_W0):
     The Wishart is conjugate: with S = sum_i (x_i - mu)(x_i - mu)^T the posterior is
     Wishart(nu0 + N, (W0^-1 + S)^-1), and the evidence is a ratio of Wishart normalisers.
     ``nu0`` must exceed D - 1. The dimension D is the length of ``mu``. Sampling a Wishart
-    site with NUTS or an autoguide needs the bijection registered by ``zoo.transforms``
+    site with NUTS or an autoguide needs the bijection registered by ``zoo.core.transforms``
     (imported here), which works through the Cholesky factor; the posterior is still over
     ``precision``.
     """
@@ -121,6 +121,11 @@ SPEC = ModelSpec(
     },
     sizes={"N": 50},
     seed_section="004 2.1.3 row 4 (conjugate table: multivariate Gaussian, Sigma^-1, Wishart)",
-    exact=exact,
     check=check,
+    reference=Reference(
+        exact=exact,
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

@@ -25,7 +25,7 @@ import torch
 from scipy import optimize, special
 from torch.distributions import constraints
 
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -225,7 +225,12 @@ SPEC = ModelSpec(
     },
     sizes={"N": 200},
     seed_section="004 papers 4.1 (noise-contrastive estimation, eqs 8.1 to 8.11)",
-    backends={"nce": NCE, "mle": MLE},
-    diagnose=diagnose,
-    skip_by_default={b: _UNIDENTIFIED for b in ("nuts", "hmc", "svi", "importance")},
+    scoring=Scoring(
+        diagnose=diagnose,
+    ),
+    backends=Backends(
+        default=("nce",),
+        own={"nce": NCE, "mle": MLE},
+        skip_by_default={b: _UNIDENTIFIED for b in ("nuts", "hmc", "svi", "importance")},
+    ),
 )

@@ -7,7 +7,16 @@ import pyro.distributions as dist
 from scipy import special, stats
 from torch.distributions import constraints
 
-from zoo.spec import Backend, DataKey, ExactPosterior, Fit, Hyper, ModelSpec
+from zoo.core.spec import (
+    Backend,
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Fit,
+    Hyper,
+    ModelSpec,
+    Reference,
+)
 
 
 def model(x=None, N=None, mu0=0.0, kappa0=1.0, a0=2.0, b0=2.0):
@@ -144,6 +153,11 @@ SPEC = ModelSpec(
     },
     sizes={"N": 20},
     seed_section="004 2.1.3 (conjugate table, row 3), 2.2.3 (mean field approximation)",
-    exact=exact,
-    backends={"cavi": CAVI},
+    reference=Reference(
+        exact=exact,
+    ),
+    backends=Backends(
+        default=("exact",),
+        own={"cavi": CAVI},
+    ),
 )

@@ -7,7 +7,15 @@ import pyro.distributions as dist
 from scipy import special, stats
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec, exact_from_scipy
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    exact_from_scipy,
+)
 
 
 def model(x=None, N=None, mu=0.0, a0=2.0, b0=2.0):
@@ -67,6 +75,11 @@ SPEC = ModelSpec(
     sizes={"N": 30},
     seed_section="004 2.1.3 (conjugate table, row 2: Gaussian likelihood, Gamma prior on the "
                  "precision)",
-    exact=exact,
-    posterior_hyper=lambda post: {"a0": post.extra["a_n"], "b0": post.extra["b_n"]},
+    reference=Reference(
+        exact=exact,
+        posterior_hyper=lambda post: {"a0": post.extra["a_n"], "b0": post.extra["b_n"]},
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

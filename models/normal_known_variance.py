@@ -7,7 +7,15 @@ import pyro.distributions as dist
 from scipy import stats
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec, exact_from_scipy
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    exact_from_scipy,
+)
 
 
 def model(x=None, N=None, mu0=0.0, sigma0=2.0, sigma=1.0):
@@ -70,6 +78,11 @@ SPEC = ModelSpec(
     },
     sizes={"N": 30},
     seed_section="004 2.1.3 (conjugate table, row 1: Gaussian likelihood, Gaussian prior on mu)",
-    exact=exact,
-    posterior_hyper=lambda post: {"mu0": post.extra["mu_n"], "sigma0": post.extra["sigma_n"]},
+    reference=Reference(
+        exact=exact,
+        posterior_hyper=lambda post: {"mu0": post.extra["mu_n"], "sigma0": post.extra["sigma_n"]},
+    ),
+    backends=Backends(
+        default=("exact",),
+    ),
 )

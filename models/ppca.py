@@ -18,9 +18,9 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from zoo import arviz_io
-from zoo.errors import ZooError
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
+from zoo.core import arviz_io
+from zoo.core.errors import ZooError
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -245,13 +245,18 @@ SPEC = ModelSpec(
     },
     sizes={"N": 100, "D": 5},
     seed_section="004 3.3.1 (PCA as a latent variable model, eq 3.4; EM)",
-    backends={"em": EM_BACKEND},
     check=check,
-    diagnose=diagnose,
-    skip_by_default={
-        "nuts": "slow on the N x d codes z: 50 + 50 draws of one chain at N=100, D=5, d=2 took 20 s "
-                "of CPU, so the default 4 x (500 + 500) draws take about 15 minutes on 2 cores; name "
-                "it with fewer draws (num_samples=200, num_warmup=200, num_chains=2)",
-        "hmc": "as nuts, and a fixed path length mixes worse along the rotation ridge of W",
-    },
+    scoring=Scoring(
+        diagnose=diagnose,
+    ),
+    backends=Backends(
+        default=("em",),
+        own={"em": EM_BACKEND},
+        skip_by_default={
+            "nuts": "slow on the N x d codes z: 50 + 50 draws of one chain at N=100, D=5, d=2 took 20 s "
+                    "of CPU, so the default 4 x (500 + 500) draws take about 15 minutes on 2 cores; name "
+                    "it with fewer draws (num_samples=200, num_warmup=200, num_chains=2)",
+            "hmc": "as nuts, and a fixed path length mixes worse along the rotation ridge of W",
+        },
+    ),
 )

@@ -29,13 +29,12 @@ from scipy import stats
 from sklearn.datasets import make_moons
 from torch.distributions import constraints
 
-from inference.common import single_thread
-from inference.flows import coupling_guide, coupling_transform  # noqa: F401 (public here too)
-from zoo.errors import ZooError
-from zoo.files import atomic_write
-from zoo.spec import Backend, DataKey, Fit, Hyper, ModelSpec
-
-DTYPE = torch.float64
+from zoo.core.errors import ZooError
+from zoo.core.files import atomic_write
+from zoo.core.problem import DTYPE
+from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec
+from zoo.inference.common import single_thread
+from zoo.inference.flows import coupling_guide, coupling_transform  # noqa: F401 (public here too)
 
 
 def flow_distribution(flow: T.ComposeTransformModule, dim: int) -> dist.TransformedDistribution:
@@ -144,11 +143,8 @@ def _fit_flow(x: np.ndarray, num_layers: int, hidden: int, num_steps: int, lr: f
 def density_plot(fit: FlowFit, x: np.ndarray, path: str | Path, grid: int = 150) -> Path:
     """A PNG of the fitted density (contours over a grid) with the data on top.
 
-    Written atomically with `zoo.files.atomic_write`; returns the path.
+    Written atomically with `zoo.core.files.atomic_write`; returns the path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = np.asarray(x)
@@ -223,9 +219,12 @@ SPEC = ModelSpec(
            "hidden": Hyper(16, constraints.positive_integer)},
     sizes={"N": 500},
     seed_section="004 3.6 (normalizing flows, affine coupling, eqs 3.4 to 3.9)",
-    backends={"mle": MLE},
     example={"x": two_moons()},
-    limits={b: _NO_LATENTS for b in ("exact", "nuts", "hmc", "svi", "importance", "enum")},
     check=_check,
+    backends=Backends(
+        default=("mle",),
+        own={"mle": MLE},
+        limits={b: _NO_LATENTS for b in ("exact", "nuts", "hmc", "svi", "importance", "enum")},
+    ),
 )
 

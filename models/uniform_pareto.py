@@ -8,7 +8,15 @@ import torch
 from scipy import stats
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, ExactPosterior, Hyper, ModelSpec, exact_from_scipy
+from zoo.core.spec import (
+    Backends,
+    DataKey,
+    ExactPosterior,
+    Hyper,
+    ModelSpec,
+    Reference,
+    exact_from_scipy,
+)
 
 
 def model(x=None, N=None, xm=1.0, k=2.0):
@@ -68,9 +76,14 @@ SPEC = ModelSpec(
     },
     sizes={"N": 30},
     seed_section="004 2.1.3 (conjugate table, row 8: Uniform likelihood, Pareto prior)",
-    exact=exact,
-    limits={"svi": "the posterior's support, theta > max(x), depends on the data, and every guide "
-                   "puts mass below it, where the likelihood is zero: KL(q || p) and the ELBO are "
-                   "infinite (004 2.2.1: q and p must share a support). Use exact, importance "
-                   "(prior proposal) or nuts"},
+    reference=Reference(
+        exact=exact,
+    ),
+    backends=Backends(
+        default=("exact",),
+        limits={"svi": "the posterior's support, theta > max(x), depends on the data, and every guide "
+                       "puts mass below it, where the likelihood is zero: KL(q || p) and the ELBO are "
+                       "infinite (004 2.2.1: q and p must share a support). Use exact, importance "
+                       "(prior proposal) or nuts"},
+    ),
 )

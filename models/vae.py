@@ -4,16 +4,15 @@ The decoder is a neural network registered with ``pyro.module``: SVI learns its 
 maximum likelihood (maximum ELBO) alongside the guide, as in the notes' eq 3.14
 (argmax over phi and theta). The encoder q(z | x, phi) (eq 3.11) is the guide ``amortised``.
 
-Besides the model, this module holds the helpers every deep model of the zoo shares
-(`store_module`, `simulation_module`: networks whose weights live in Pyro's param store and
-are initialised reproducibly), the ELBO and importance-weighted (IWAE) bounds per data point,
-the amortisation gap, and `plot` (reconstructions and the latent space as PNG files).
+Besides the model, this module holds the ELBO and importance-weighted (IWAE) bounds per data
+point, the amortisation gap, and `plot` (reconstructions and the latent space as PNG files).
+The networks' weights live in Pyro's param store (`zoo.core.networks`).
 """
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,96 +24,21 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
-from zoo.spec import DataKey, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.files import atomic_write
+from zoo.core.networks import (
+    build_module,
+    load_state,
+    simulation_module,
+    store_module,
+    stored_state,
+)
+from zoo.core.problem import DTYPE
+from zoo.core.spec import Backends, DataKey, Hyper, ModelSpec, Scoring
 
-DTYPE = torch.float64
 EXAMPLE_N = 500       # the default data: the first 500 of scikit-learn's 1797 8x8 digits
 GAP_BATCH = 16        # points on which the amortisation gap is measured
 IWAE_K = 50           # importance samples per point for the IWAE bound
-SIMULATION_SEED = 0   # the private generator behind the networks `zoo.simulate` draws from
-
-# --------------------------------------------------------------------------------------------
-# Networks whose weights live in Pyro's param store.
-
-
-def init_module(net: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
-    """Re-draw every weight like torch's default initialisation, from ``generator``.
-
-    ``generator=None`` uses the global torch generator, which the zoo's back-ends seed
-    (``pyro.set_rng_seed``) before they first call the model or build a guide, so the same
-    seed gives the same starting weights. Linear layers and GRU cells are uniform in
-    +-1/sqrt(fan_in) (+-1/sqrt(hidden) for GRU cells).
-    """
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                bound = 1 / math.sqrt(m.in_features)
-            elif isinstance(m, nn.GRUCell):
-                bound = 1 / math.sqrt(m.hidden_size)
-            else:
-                continue
-            for p in m.parameters(recurse=False):
-                nn.init.uniform_(p, -bound, bound, generator=generator)
-    return net
-
-
-def _construct(build: Callable[[], nn.Module]) -> nn.Module:
-    # Constructing an nn.Module draws from the global generator; fork it so that only
-    # `init_module` decides the weights (and the global stream is left as it was).
-    with torch.random.fork_rng(devices=[]):
-        return build().to(DTYPE)
-
-
-def _build(build: Callable[[], nn.Module], generator: torch.Generator | None) -> nn.Module:
-    return init_module(_construct(build), generator)
-
-
-_STORE_NETS: dict[tuple[str, Hashable], nn.Module] = {}
-_SIMULATION_NETS: dict[tuple[str, Hashable], nn.Module] = {}
-
-
-def store_module(prefix: str, key: Hashable, build: Callable[[], nn.Module]) -> nn.Module:
-    """The network ``build()`` registered under ``prefix`` with its weights from the param store.
-
-    When the store does not hold every weight (after ``pyro.clear_param_store()``, or with
-    other sizes), the network is re-initialised from the global torch generator and
-    registered; otherwise it carries the stored (trained) weights. So the model, the guide,
-    the back-ends' log densities and the diagnostics all see one set of weights per fit.
-    """
-    store = pyro.get_param_store()
-    net = _STORE_NETS.get((prefix, key))
-    shapes = {f"{prefix}$$${n}": p.shape for n, p in (net or _construct(build)).named_parameters()}
-    stored = [n for n in shapes if n in store]
-    if net is None or len(stored) < len(shapes) or any(store[n].shape != shapes[n] for n in stored):
-        for n in [n for n in store if n.startswith(f"{prefix}$$$")]:
-            del store[n]
-        net = _STORE_NETS[(prefix, key)] = _build(build, None)
-    return pyro.module(prefix, net, update_module_params=True)
-
-
-def simulation_module(prefix: str, key: Hashable, build: Callable[[], nn.Module]) -> nn.Module:
-    """The fixed network ``zoo.simulate`` draws from: initialised from a private generator
-    (seed `SIMULATION_SEED`), never trained, independent of the param store and of the
-    global random stream, so simulated data depend on the simulation seed only."""
-    if (prefix, key) not in _SIMULATION_NETS:
-        net = _build(build, torch.Generator().manual_seed(SIMULATION_SEED))
-        _SIMULATION_NETS[(prefix, key)] = net.requires_grad_(False)
-    return _SIMULATION_NETS[(prefix, key)]
-
-
-def stored_state(prefix: str) -> dict[str, np.ndarray]:
-    """The weights stored under ``prefix`` in the param store, as numpy arrays."""
-    store = pyro.get_param_store()
-    return {n.split("$$$", 1)[1]: store[n].detach().numpy().copy()
-            for n in store if n.startswith(f"{prefix}$$$")}
-
-
-def load_state(net: nn.Module, state: Mapping[str, Any]) -> nn.Module:
-    """``net`` with its weights set from ``state`` (arrays or nested lists, e.g. from a saved
-    result's diagnostics)."""
-    net.load_state_dict({k: torch.as_tensor(np.asarray(v), dtype=DTYPE) for k, v in state.items()})
-    return net.requires_grad_(False)
-
 
 # --------------------------------------------------------------------------------------------
 # The networks of 004 3.3.6 (one hidden ReLU layer each way).
@@ -200,7 +124,7 @@ def amortised_guide(problem: Any) -> Callable[..., None]:
     x = problem.data["x"]
     N, P = x.shape
     d, hidden = int(problem.hyper["d"]), int(problem.hyper["hidden"])
-    encoder = _build(lambda: Encoder(P, d, hidden), None)
+    encoder = build_module(lambda: Encoder(P, d, hidden))
 
     def guide(*args: Any, **kwargs: Any) -> None:
         loc, scale = pyro.module("vae_encoder", encoder)(x)
@@ -371,8 +295,6 @@ def diagnose(problem: Any, posterior: Mapping[str, np.ndarray], truth: Mapping |
 def _decoder_from(result: Any) -> tuple[nn.Module, Encoder | None, int, str]:
     nets = result.diagnostics.get("networks")
     if not nets:
-        from zoo.errors import ZooError
-
         raise ZooError(f"model 'vae': result from back-end {result.backend!r} carries no network weights to plot")
     x = result.idata.observed_data["x"].values
     P = x.shape[-1]
@@ -394,12 +316,7 @@ def plot(result: Any, out: str | Path, num: int = 12) -> list[Path]:
     encoder's means of every point (coloured by digit on the default data) and, for d = 2, the
     decoded images over a grid of z. Written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from zoo.files import atomic_write
 
     out = Path(out)
     dec, enc, d, kind = _decoder_from(result)
@@ -475,10 +392,15 @@ SPEC = ModelSpec(
     sizes={"N": 100, "P": 64},
     seed_section="004 3.3.2 to 3.3.6 (VAE, eqs 3.8 to 3.34); 000 (diagonal covariance, reparameterisation)",
     example=_DigitsExample(),
-    limits=_LIMITS,
-    guides={"amortised": amortised_guide},
-    default_guide="amortised",
-    diagnose=diagnose,
-    backend_defaults={"svi": {"num_samples": 100, "num_elbo_particles": 50}},
-    local_rows=8,
+    scoring=Scoring(
+        diagnose=diagnose,
+        local_rows=8,
+    ),
+    backends=Backends(
+        default=("svi",),
+        limits=_LIMITS,
+        guides={"amortised": amortised_guide},
+        default_guide="amortised",
+        options={"svi": {"num_samples": 100, "num_elbo_particles": 50}},
+    ),
 )

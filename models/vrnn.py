@@ -26,10 +26,12 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
-from models.vae import load_state, simulation_module, store_module, stored_state
-from zoo.spec import DataKey, Hyper, ModelSpec
+from zoo.core.errors import ZooError
+from zoo.core.files import atomic_write
+from zoo.core.networks import load_state, simulation_module, store_module, stored_state
+from zoo.core.problem import DTYPE
+from zoo.core.spec import Backends, DataKey, Hyper, ModelSpec, Scoring
 
-DTYPE = torch.float64
 MIN_SCALE = 1e-3
 IWAE_K = 50
 
@@ -285,13 +287,7 @@ def plot(result: Any, out: str | Path, num: int = 3, seed: int = 0) -> list[Path
     the first ``num`` data sequences and the decoder's mean at the posterior mean of z.
     ``per_step.png``: ELBO and KL per time step. Written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from zoo.errors import ZooError
-    from zoo.files import atomic_write
 
     nets = result.diagnostics.get("networks")
     if not nets:
@@ -355,10 +351,15 @@ SPEC = ModelSpec(
     hyper={"d": Hyper(2.0, constraints.positive_integer), "hidden": Hyper(16.0, constraints.positive_integer)},
     sizes={"N": 32, "T": 15, "P": 2},
     seed_section="004 papers 2.1 (VRNN, eqs 6.2 to 6.10)",
-    limits=_LIMITS,
-    guides={"amortised": amortised_guide},
-    default_guide="amortised",
-    diagnose=diagnose,
-    backend_defaults={"svi": {"num_samples": 100, "num_elbo_particles": 50}},
-    local_rows=8,
+    scoring=Scoring(
+        diagnose=diagnose,
+        local_rows=8,
+    ),
+    backends=Backends(
+        default=("svi",),
+        limits=_LIMITS,
+        guides={"amortised": amortised_guide},
+        default_guide="amortised",
+        options={"svi": {"num_samples": 100, "num_elbo_particles": 50}},
+    ),
 )

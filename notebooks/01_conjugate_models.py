@@ -37,8 +37,8 @@ from scipy import stats
 from sklearn.linear_model import Ridge
 
 import zoo
-from models import bayesian_linear_regression as blr
-from models import normal_gamma as ng
+from zoo.models import bayesian_linear_regression as blr
+from zoo.models import normal_gamma as ng
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -76,7 +76,7 @@ models_table = pd.DataFrame([
      "data keys": ", ".join(zoo.get_model(name).data),
      "seed section": zoo.get_model(name).seed_section}
     for name in CONJUGATE])
-assert all(zoo.get_model(name).exact is not None for name in CONJUGATE)
+assert all(zoo.get_model(name).reference.exact is not None for name in CONJUGATE)
 with pd.option_context("display.max_colwidth", 90):
     display(models_table)
 
@@ -95,7 +95,7 @@ with pd.option_context("display.max_colwidth", 90):
 # $p(D_1, D_2) = p(D_1)\,p(D_2\mid D_1)$.
 
 # %%
-bb = zoo.get_model("beta_bernoulli")
+bb = zoo.get_model("beta_bernoulli").reference
 batch1 = {"y": np.array([1] * 8 + [0] * 2)}
 batch2 = {"y": np.array([1] * 9 + [0] * 1)}
 both = {"y": np.concatenate([batch1["y"], batch2["y"]])}

@@ -39,9 +39,9 @@ from scipy import stats
 from sklearn.mixture import GaussianMixture
 
 import zoo
-from models import dp_mixture as dpm
-from models import gaussian_mixture as gm
-from models import ppca
+from zoo.models import dp_mixture as dpm
+from zoo.models import gaussian_mixture as gm
+from zoo.models import ppca
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -168,7 +168,7 @@ swapped["assignment"] = np.argsort(perm)[post["assignment"]]  # point in old k i
 ll_orig = gm.log_likelihood(x_gmm, w_em, locs_em, scales_em).sum()
 ll_perm = gm.log_likelihood(x_gmm, swapped["weights"][0, 0], swapped["locs"][0, 0], swapped["scales"][0, 0]).sum()
 back = gm.relabel(swapped)
-print(f"log-likelihood: original {ll_orig:.6f}, permuted {ll_perm:.6f}; note: {gm.SPEC.relabel_note}")
+print(f"log-likelihood: original {ll_orig:.6f}, permuted {ll_perm:.6f}; note: {gm.SPEC.scoring.relabel_note}")
 assert abs(ll_orig - ll_perm) < 1e-9
 assert all(np.array_equal(back[k], post[k]) for k in post)
 
@@ -404,7 +404,7 @@ with pd.option_context("display.max_colwidth", 60):
 # NUTS on this model is left out of `zoo.compare("dp_mixture")` unless named:
 
 # %%
-print("skipped by default:", zoo.get_model("dp_mixture").skip_by_default)
+print("skipped by default:", zoo.get_model("dp_mixture").backends.skip_by_default)
 post_means = dp_table["posterior mean"]
 prior_means = dp_table["prior E[clusters] (urn)"]
 assert (dp_table["ari"] > 0.9).all()
@@ -413,7 +413,7 @@ assert (dp_table["posterior mode"] - dp_table["true clusters"]).abs().max() <= 1
 assert post_means.max() - post_means.min() < 0.1 * (prior_means.max() - prior_means.min())
 assert all(abs(sum(r.diagnostics["occupied_clusters"].values()) - 1) < 1e-9 for r in dp_runs.values())
 assert (dp_table["sklearn_clusters"] <= dp_table["true clusters"]).all()
-assert "nuts" in zoo.get_model("dp_mixture").skip_by_default
+assert "nuts" in zoo.get_model("dp_mixture").backends.skip_by_default
 
 # %%
 r1 = dp_runs[1.0]

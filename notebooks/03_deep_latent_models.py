@@ -46,10 +46,10 @@ from IPython.display import Image, display
 from scipy import stats
 
 import zoo
-from models import discrete_latent as dl
-from models import nce_unnormalized as nce
-from models import realnvp_flow as rf
-from models import vae, vrnn
+from zoo.models import discrete_latent as dl
+from zoo.models import nce_unnormalized as nce
+from zoo.models import realnvp_flow as rf
+from zoo.models import vae, vrnn
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -47,10 +47,10 @@ from IPython.display import Image, display
 from scipy import stats
 
 import zoo
-from models import normal_known_variance as nkv
 from zoo import registry
+from zoo.core.spec import exact_from_scipy
 from zoo.grids import TIMING_COLUMNS
-from zoo.spec import exact_from_scipy
+from zoo.models import normal_known_variance as nkv
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -112,8 +112,8 @@ def overconfident_exact(data, hyper):
     return exact_from_scipy({"mu": stats.norm(right.mean["mu"], right.sd["mu"] / 2)})
 
 
-registry.MODELS["overconfident_normal"] = dataclasses.replace(nkv.SPEC, name="overconfident_normal",
-                                                             exact=overconfident_exact)
+registry.MODELS["overconfident_normal"] = dataclasses.replace(
+    nkv.SPEC, name="overconfident_normal", reference=dataclasses.replace(nkv.SPEC.reference, exact=overconfident_exact))
 bad = zoo.sbc("overconfident_normal", "exact", num_simulations=SIMULATIONS, num_draws=DRAWS, seed=0,
               progress=False)
 print(bad.tests.to_string(index=False))

@@ -13,12 +13,12 @@ from scipy import stats
 from sklearn.linear_model import Ridge
 
 import zoo
-from models import normal_gamma
 from zoo import registry
+from zoo.models import normal_gamma
 
 pytestmark = pytest.mark.slow
 
-EXACT_MODELS = [n for n, s in registry.MODELS.items() if s.exact is not None]
+EXACT_MODELS = [n for n, s in registry.MODELS.items() if s.reference.exact is not None]
 NUTS = {"num_samples": 400, "num_warmup": 300, "num_chains": 2}
 # linear_gaussian_ssm's 100 latent scalars take NUTS minutes at T=50: tests/test_ssm.py checks
 # NUTS against the Kalman smoother at T=10 instead.
@@ -90,7 +90,7 @@ def test_mean_field_under_disperses_on_normal_gamma():
     data, _ = zoo.simulate("normal_gamma", seed=0, N=10)
     spec = zoo.get_model("normal_gamma")
     h = {k: v.default for k, v in spec.hyper.items()}
-    exact = spec.exact(data, h)
+    exact = spec.reference.exact(data, h)
     q = normal_gamma.cavi(data["x"], **h)
     predicted = np.sqrt(1 / q["lam_N"]) / exact.sd["mu"]
     assert predicted < 0.95

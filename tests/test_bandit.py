@@ -111,7 +111,7 @@ def test_apples_batch_by_batch():
     assert first.draws("p").mean() == pytest.approx(58 / 110, abs=0.003)  # 003 七: E[p] = 58/110
 
 
-SEQUENTIAL = [name for name, spec in registry.MODELS.items() if spec.posterior_hyper is not None]
+SEQUENTIAL = [name for name, spec in registry.MODELS.items() if spec.reference.posterior_hyper is not None]
 
 
 def test_sequential_models():
@@ -131,16 +131,16 @@ def test_batch_by_batch_equals_one_shot(name):
     steps = zoo.sequential_update(name, batches)
     assert len(steps) == len(batches)
     defaults = {k: h.default for k, h in spec.hyper.items()}
-    one_shot = spec.posterior_hyper(spec.exact(data, defaults))
+    one_shot = spec.reference.posterior_hyper(spec.reference.exact(data, defaults))
     for k, v in one_shot.items():
         np.testing.assert_allclose(steps[-1][k], v, rtol=1e-12)
     # the evidence factorises: log p(all) = sum of each batch's evidence under the running prior
     hyper, total = defaults, 0.0
     for batch, step in zip(batches, steps):
-        total += spec.exact(batch, {k: np.asarray(v) if isinstance(v, list) else v
+        total += spec.reference.exact(batch, {k: np.asarray(v) if isinstance(v, list) else v
                                     for k, v in hyper.items()}).log_evidence
         hyper = step
-    assert total == pytest.approx(spec.exact(data, defaults).log_evidence, rel=1e-10)
+    assert total == pytest.approx(spec.reference.exact(data, defaults).log_evidence, rel=1e-10)
 
 
 def test_sequential_update_rejects_non_conjugate_and_bad_batches():

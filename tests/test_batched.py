@@ -14,13 +14,13 @@ import torch
 from pyro.infer.mcmc.util import initialize_model
 
 import zoo
-from inference import batched
-from inference.common import prior, sample_vectorised
-from zoo import api, registry
-from zoo.problem import DTYPE, prepare
+from zoo import registry
+from zoo.core.problem import DTYPE, prepare
+from zoo.inference import batched
+from zoo.inference.common import prior, sample_vectorised
 
 RUNNABLE = [n for n, s in registry.MODELS.items()
-            if api.not_applicable(prepare(s, zoo.simulate(n, seed=0)[0]), registry.BACKENDS["nuts"]) is None]
+            if registry.not_applicable(prepare(s, zoo.simulate(n, seed=0)[0]), registry.BACKENDS["nuts"]) is None]
 
 
 def _problem(name):

@@ -14,7 +14,7 @@ from scipy import stats
 
 import zoo
 from zoo.cli import main
-from zoo.spec import exact_from_scipy
+from zoo.core.spec import exact_from_scipy
 
 
 def test_cli_list_in_a_subprocess():

@@ -12,12 +12,10 @@ import pytest
 import torch
 from pyro import poutine
 
-import models
 import zoo
-from inference.common import log_densities, prior, sample_vectorised
-from zoo import registry
-from zoo.api import not_applicable
-from zoo.problem import prepare
+from zoo import models, registry
+from zoo.core.problem import prepare
+from zoo.inference.common import log_densities, prior, sample_vectorised
 
 # Small settings: these tests check shapes, names and plumbing, not accuracy.
 FAST = {
@@ -73,9 +71,9 @@ def test_spec_is_complete(name):
 def test_backend_returns_inference_data(name, backend):
     data = _data(name)
     problem = prepare(zoo.get_model(name), data)
-    reason = not_applicable(problem, registry.get_backend(problem.spec, backend))
+    reason = registry.not_applicable(problem, registry.get_backend(problem.spec, backend))
     fast = _fast(problem.spec, backend)
-    if backend in problem.spec.skip_by_default:  # too slow at the default size: a small data set
+    if backend in problem.spec.backends.skip_by_default:  # too slow at the default size: a small data set
         data = zoo.simulate(name, seed=0, N=SMALL_N)[0]
         problem = prepare(zoo.get_model(name), data)
         fast = {k: min(v, SMALL_DRAWS) if k in ("num_samples", "num_warmup") else v for k, v in fast.items()}
@@ -93,15 +91,15 @@ def test_backend_returns_inference_data(name, backend):
         assert site in post, f"posterior lacks latent site {site}"
         assert post[site].dims[:2] == ("chain", "draw")
         shape = problem.sites[site].shape
-        if problem.spec.local_rows is not None and site not in problem.spec.latent_sites:
-            shape = (min(shape[0], problem.spec.local_rows),) + shape[1:]
+        if problem.spec.scoring.local_rows is not None and site not in problem.spec.latent_sites:
+            shape = (min(shape[0], problem.spec.scoring.local_rows),) + shape[1:]
         assert post[site].shape == (2, fast["num_samples"]) + shape
         assert np.all(np.isfinite(post[site].values))
     assert set(res.idata.log_likelihood.data_vars) == set(problem.observed)
     assert {"r_hat_max", "ess_bulk_min", "ess_tail_min"} <= set(res.diagnostics)
 
 
-@pytest.mark.parametrize("name", [n for n, s in registry.MODELS.items() if s.exact is not None])
+@pytest.mark.parametrize("name", [n for n, s in registry.MODELS.items() if s.reference.exact is not None])
 def test_exact_log_prob_is_the_model_posterior(name):
     """Bayes' rule with the Pyro model itself: log p(data, theta) - log p_exact(theta | data)
     is the same constant, the exact log evidence, at every theta."""

@@ -11,8 +11,8 @@ from pyro import poutine
 from scipy import special, stats
 
 import zoo
-from models import dp_mixture as dp
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.models import dp_mixture as dp
 
 HYPER = {"alpha": 1.0, "mu0": 0.0, "sigma0": 10.0, "sigma": 1.0}
 
@@ -243,7 +243,7 @@ def test_diagnose_without_truth_and_skip_nuts_by_default():
     assert "ari" not in d and d["occupied_clusters"] == {len(np.unique(truth["assignment"])): 1.0}
     assert dp.diagnose(problem, post, truth)["ari"] == 1.0
     spec = zoo.get_model("dp_mixture")
-    assert "nuts" in spec.skip_by_default and spec.relabel is dp.relabel and spec.relabel_note
+    assert "nuts" in spec.backends.skip_by_default and spec.scoring.relabel is dp.relabel and spec.scoring.relabel_note
 
 
 # ------------------------------------------------------------------ bad inputs

@@ -15,8 +15,8 @@ from scipy import stats
 from scipy.special import logsumexp
 
 import zoo
-from inference.common import discrete_draws, log_densities
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.inference.common import discrete_draws, log_densities
 
 WEIGHTS = np.array([0.3, 0.7])
 PRIOR_LOCS = np.array([-2.0, 2.0])  # distinct prior means: no label switching to undo

@@ -17,11 +17,11 @@ from scipy import special, stats
 from sklearn.linear_model import LogisticRegression
 
 import zoo
-from inference.common import single_thread
-from models import discrete_latent as dl
-from models import nce_unnormalized as nce
-from models import realnvp_flow as rf
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.inference.common import single_thread
+from zoo.models import discrete_latent as dl
+from zoo.models import nce_unnormalized as nce
+from zoo.models import realnvp_flow as rf
 
 
 @pytest.fixture(scope="module")

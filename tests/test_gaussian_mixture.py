@@ -11,8 +11,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 import zoo
-from models import gaussian_mixture as gm
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.models import gaussian_mixture as gm
 
 NAME = "gaussian_mixture"
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import zoo
-from zoo import grids as grid_module
+from zoo import tasks as task_module
 from zoo.grids import TIMING_COLUMNS, grid
 
 MODELS = ["beta_bernoulli", "poisson_gamma"]
@@ -42,8 +42,8 @@ def test_grid_resumes_from_its_files(tmp_path, monkeypatch, local_table):
     assert [f.name for f in files] == ["0.json", "1.json", "2.json"]
     files[1].unlink()  # as if interrupted before task 1 finished
     calls = []
-    real = grid_module.run_task
-    monkeypatch.setattr(grid_module, "run_task", lambda task: calls.append(task.seed) or real(task))
+    real = task_module.run_task
+    monkeypatch.setattr(task_module, "run_task", lambda task, work: calls.append(task.seed) or real(task, work))
     again = grid(["beta_bernoulli"], ["exact"], seeds=3, out=out, progress=False).table
     assert calls == [1]
     pd.testing.assert_frame_equal(again.drop(columns=list(TIMING_COLUMNS)),
@@ -74,7 +74,7 @@ def test_ray_missing_says_how_to_install(monkeypatch):
 def ray_cluster():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        grid_module.start_ray(num_cpus=2)
+        task_module.start_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

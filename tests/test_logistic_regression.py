@@ -14,8 +14,8 @@ from pyro.infer import Trace_ELBO
 from scipy import optimize, special, stats
 
 import zoo
-from models import logistic_regression as lr
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.models import logistic_regression as lr
 
 NAME = "logistic_regression"
 

@@ -10,8 +10,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 import zoo
-from models import mixture_ppca, ppca
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.models import mixture_ppca, ppca
 
 
 def _ppca_data(seed: int = 0, N: int = 100, D: int = 5, d: int = 2, sigma: float = 0.5):

@@ -13,11 +13,11 @@ import pytest
 from scipy import stats
 
 import zoo
-from models import normal_known_variance as nkv
-from zoo import grids as grid_module
 from zoo import registry
+from zoo import tasks as task_module
 from zoo.calibration import SBCResult, rank_bins, sbc, uniformity_tests
 from zoo.cli import main
+from zoo.models import normal_known_variance as nkv
 
 
 def _numpy_chi2(ranks: np.ndarray, L: int, n_bins: int) -> tuple[float, float]:
@@ -105,9 +105,10 @@ def overconfident(monkeypatch):
     def exact(data, hyper):
         right = nkv.exact(data, hyper)
         mean, sd = right.mean["mu"], right.sd["mu"]
-        return zoo.spec.exact_from_scipy({"mu": stats.norm(mean, sd / 2)})
+        return zoo.core.spec.exact_from_scipy({"mu": stats.norm(mean, sd / 2)})
 
-    spec = dataclasses.replace(nkv.SPEC, name="overconfident_normal", exact=exact)
+    spec = dataclasses.replace(nkv.SPEC, name="overconfident_normal",
+                               reference=dataclasses.replace(nkv.SPEC.reference, exact=exact))
     monkeypatch.setitem(registry.MODELS, spec.name, spec)
     return spec.name
 
@@ -139,8 +140,8 @@ def test_save_load_and_resume(tmp_path, monkeypatch):
     # a re-run reads every finished task instead of running it; a lost file is run again
     files[3].unlink()
     calls = []
-    real = grid_module.run_task
-    monkeypatch.setattr(grid_module, "run_task", lambda task: calls.append(task.seed) or real(task))
+    real = task_module.run_task
+    monkeypatch.setattr(task_module, "run_task", lambda task, work: calls.append(task.seed) or real(task, work))
     again = sbc("poisson_gamma", "exact", num_simulations=12, num_draws=11, out=tasks, progress=False)
     assert calls == [int(files[3].stem)]
     pd.testing.assert_frame_equal(again.ranks, res.ranks)

@@ -14,8 +14,8 @@ from pyro import poutine
 from scipy import stats
 
 import zoo
-from models import linear_gaussian_ssm as ssm
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.models import linear_gaussian_ssm as ssm
 
 NAME = "linear_gaussian_ssm"
 

@@ -12,9 +12,9 @@ import torch
 from pyro import poutine
 
 import zoo
-from inference.common import log_densities, prior, sample_vectorised
-from models import vae, vrnn
-from zoo.problem import prepare
+from zoo.core.problem import prepare
+from zoo.inference.common import log_densities, prior, sample_vectorised
+from zoo.models import vae, vrnn
 
 SMALL_VAE = {"num_steps": 40, "num_samples": 10, "num_chains": 2, "num_elbo_particles": 10,
              "lr": 0.01, "progress": False}

@@ -9,9 +9,9 @@ from scipy import stats
 from sklearn.linear_model import Ridge
 from torch.distributions import biject_to, constraints
 
-import zoo.transforms as zt  # imported first: registers the bijection (and loads the zoo)
-from models import bayesian_linear_regression as blr
-from models import mvn_wishart as mw
+import zoo.core.transforms as zt  # imported first: registers the bijection (and loads the zoo)
+from zoo.models import bayesian_linear_regression as blr
+from zoo.models import mvn_wishart as mw
 
 
 # ---------------------------------------------------------------- the bijection

@@ -5,22 +5,26 @@ interchangeable inference back-ends and scored against its exact posterior.
 >>> data, truth = zoo.simulate("normal_gamma", seed=0)
 >>> cmp = zoo.compare("normal_gamma", backends=["exact", "nuts", "svi", "cavi"], data=data)
 >>> cmp.table
+
+Layers: `zoo.core` (specs, validation, errors, files, the one ArviZ module) is imported by the
+models (`zoo.models`) and the back-ends (`zoo.inference`); the facade (this package's other
+modules) imports them all, and nothing below it imports the facade.
 """
-from importlib import import_module
+from zoo.api import (
+           compare,
+           get_model,
+           list_backends,
+           list_models,
+           register,
+           run,
+           simulate,
+)
+from zoo.bandit import simulate_bandit
+from zoo.calibration import sbc
+from zoo.core.errors import InferenceError, ZooError
+from zoo.grids import grid
+from zoo.results import Comparison, Result, load
+from zoo.sequential import sequential_update
 
-from zoo.errors import InferenceError, ZooError
-
-_API = ["Comparison", "Result", "compare", "get_model", "list_backends", "list_models", "load",
-        "register", "run", "simulate", "simulate_bandit", "sequential_update", "sbc", "grid"]
-# Names defined outside zoo.api, and their module.
-_MODULES = {"simulate_bandit": "zoo.bandit", "sequential_update": "zoo.sequential", "sbc": "zoo.calibration",
-            "grid": "zoo.grids"}
-__all__ = _API + ["InferenceError", "ZooError"]
-
-
-def __getattr__(name: str):
-    # The API is loaded on first use, so model modules can import zoo.spec without a cycle
-    # (zoo.api imports the registry, which imports every model module).
-    if name in _API:
-        return getattr(import_module(_MODULES.get(name, "zoo.api")), name)
-    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+__all__ = ["Comparison", "InferenceError", "Result", "ZooError", "compare", "get_model", "grid", "list_backends",
+           "list_models", "load", "register", "run", "sbc", "sequential_update", "simulate", "simulate_bandit"]

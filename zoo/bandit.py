@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models import bernoulli_bandit
 from zoo import registry
 from zoo.api import run
-from zoo.errors import ZooError, unknown_name
-from zoo.files import atomic_write
-from zoo.problem import _check_hyper, check_options, prepare
+from zoo.core.errors import ZooError, unknown_name
+from zoo.core.files import atomic_write
+from zoo.core.problem import check_hyper, check_int, check_options, prepare
+from zoo.models import bernoulli_bandit
 
 POLICIES = ("thompson", "ucb1", "epsilon_greedy")
 COLUMNS = ["round", "arm", "reward", "regret", "cumulative_regret"]
@@ -49,12 +49,6 @@ def _check_probs(probs: Any) -> np.ndarray:
         shown = ", ".join(f"{i}: {float(arr[i])!r}" for i in np.flatnonzero(bad)[:5])
         raise ZooError(f"bandit: probs must lie in [0, 1], got {{{shown}}}")
     return arr
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ZooError(f"bandit: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def simulate_bandit(probs: Sequence[float], horizon: int, policy: str = "thompson",
@@ -99,9 +93,9 @@ def simulate_bandit(probs: Sequence[float], horizon: int, policy: str = "thompso
         integer, an unknown policy or back-end, or bad options.
     """
     probs = _check_probs(probs)
-    horizon = _check_int("horizon", horizon, 1)
-    refit = _check_int("refit", refit, 1)
-    seed = _check_int("seed", seed, 0)
+    horizon = check_int(horizon, "horizon", 1, "bandit: ")
+    refit = check_int(refit, "refit", 1, "bandit: ")
+    seed = check_int(seed, "seed", 0, "bandit: ")
     if not isinstance(policy, str) or policy not in POLICIES:
         raise unknown_name("policy", policy, POLICIES, "bandit: ")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
@@ -191,7 +185,7 @@ def _prior(hyper: Mapping[str, Any], K: int) -> dict[str, Any]:
     """The validated hyperparameters of ``bernoulli_bandit`` for K arms."""
     if "K" in hyper and hyper["K"] != K:
         raise ZooError(f"bandit: hyper K={hyper['K']!r} but there are {K} arms")
-    _, np_h, _ = _check_hyper(registry.get_model(MODEL), {**hyper, "K": K})
+    _, np_h, _ = check_hyper(registry.get_model(MODEL), {**hyper, "K": K})
     return {"K": K, "alpha": float(np_h["alpha"]), "beta": float(np_h["beta"])}
 
 
@@ -232,7 +226,7 @@ def regret_curves(probs: Sequence[float], horizon: int,
     pandas.DataFrame
         `simulate_bandit`'s columns plus ``policy`` (the label) and ``seed``.
     """
-    seeds = list(range(_check_int("seeds", seeds, 1))) if isinstance(seeds, (int, np.integer)) else list(seeds)
+    seeds = list(range(check_int(seeds, "seeds", 1, "bandit: "))) if isinstance(seeds, (int, np.integer)) else list(seeds)
     if isinstance(policies, str):
         policies = [policies]
     if not seeds or not policies:
@@ -264,9 +258,6 @@ def plot_regret(frame: pd.DataFrame, path: str | Path, band: tuple[float, float]
     frame : a `regret_curves` frame (a single `simulate_bandit` frame is one curve).
     band : lower and upper quantiles over seeds of the shaded band (10% to 90% by default).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if "policy" not in frame:

@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from zoo.errors import ZooError
-from zoo.files import write_text
-from zoo.grids import Task, execute
-from zoo.problem import check_options, prepare
+from zoo import api, registry
+from zoo.core import arviz_io
+from zoo.core.errors import ZooError
+from zoo.core.files import atomic_write, write_text
+from zoo.core.problem import check_int, check_options, check_seed, prepare
+from zoo.tasks import Task, execute
 
 
 @dataclass
@@ -73,8 +75,6 @@ class SBCResult:
     def plot(self, out: str | Path) -> list[Path]:
         """Write ``ranks.png`` (rank histograms with a 99% band for each bin's count under
         uniformity) and ``ecdf.png`` (ECDF differences with 95% simultaneous bands) into ``out``."""
-        from zoo import arviz_io
-
         out = Path(out)
         title = f"SBC {self.model} / {self.backend}: {self.num_simulations} simulations, " \
                 f"L = {self.num_draws} ({'passed' if self.passed else 'FAILED'})"
@@ -125,7 +125,7 @@ def sbc(name: str, backend: str = "exact", num_simulations: int = 100, num_draws
     seed : simulation s uses seed ``seed + s`` for its data and its inference.
     hyper : hyperparameters of the prior (None: the model's defaults).
     alpha : family-wise significance level of the verdict.
-    executor, address : ``"local"`` or ``"ray"`` (see `zoo.grids.execute`).
+    executor, address : ``"local"`` or ``"ray"`` (see `zoo.tasks.execute`).
     out : folder for one JSON file per simulation (``out/<model>/<backend>/<seed>.json``): an
         interrupted run resumes where it stopped.
     **options : back-end options (``num_samples``, ``num_chains``, ``num_steps``...).
@@ -134,21 +134,18 @@ def sbc(name: str, backend: str = "exact", num_simulations: int = 100, num_draws
     -------
     SBCResult
     """
-    from zoo import api, registry
-
-    seed = api._check_seed(seed)
-    for what, value, low in (("num_simulations", num_simulations, 10), ("num_draws", num_draws, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ZooError(f"model {name!r}: {what} must be an integer >= {low}, got {value!r}")
+    seed = check_seed(seed)
+    check_int(num_simulations, "num_simulations", 10, f"model {name!r}: ")
+    check_int(num_draws, "num_draws", 1, f"model {name!r}: ")
     if not (isinstance(alpha, float) and 0 < alpha < 1):
         raise ZooError(f"model {name!r}: alpha must be a float in (0, 1), got {alpha!r}")
     spec = registry.get_model(name)
-    label, extra = api._parse_label(backend)
+    label, extra = registry.parse_label(backend)
     b = registry.get_backend(spec, label)
     data, _ = api.simulate(name, seed=seed, hyper=hyper)  # validates hyper and options up front
     problem = prepare(spec, data, hyper)
     opts = check_options(problem, b, {**extra, **options})
-    reason = api.not_applicable(problem, b)
+    reason = registry.not_applicable(problem, b)
     if reason:
         raise ZooError(f"model {name!r}: back-end {backend!r} does not apply: {reason}")
     if "num_samples" in opts and opts["num_samples"] * opts.get("num_chains", 1) < num_draws:
@@ -157,7 +154,7 @@ def sbc(name: str, backend: str = "exact", num_simulations: int = 100, num_draws
     options = {**extra, **options}
     tasks = [Task("sbc", name, backend, seed + s, options, dict(hyper) if hyper else None, int(num_draws))
              for s in range(num_simulations)]
-    payloads = execute(tasks, out=out, executor=executor, address=address, progress=progress,
+    payloads = execute(tasks, simulation_ranks, out=out, executor=executor, address=address, progress=progress,
                        desc=f"sbc {name} {backend}")
     rows, runs = [], []
     for s, (task, p) in enumerate(zip(tasks, payloads)):
@@ -255,11 +252,9 @@ def simulation_ranks(task: Task) -> dict[str, Any]:
     Ties between the truth and a draw (point estimates, discrete values) are broken at random
     with the task's seed.
     """
-    from zoo import api, registry
-
     spec = registry.get_model(task.model)
     data, truth = api.simulate(task.model, seed=task.seed, hyper=task.hyper)
-    label, extra = api._parse_label(task.backend)
+    label, extra = registry.parse_label(task.backend)
     result = api.run(task.model, label, data=data, seed=task.seed, hyper=task.hyper, progress=False,
                      truth=truth, **{**extra, **task.options})
     truth = _relabelled(spec, truth)
@@ -289,7 +284,7 @@ def simulation_ranks(task: Task) -> dict[str, Any]:
 
 def _relabelled(spec: Any, truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The truth put through the model's relabelling (label switching), as the draws were."""
-    relabel = getattr(spec, "relabel", None)
+    relabel = spec.scoring.relabel
     if relabel is None:
         return truth
     one = relabel({k: np.asarray(v)[None, None] for k, v in truth.items()})
@@ -297,12 +292,7 @@ def _relabelled(spec: Any, truth: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 
 def _plot_histograms(matrix: pd.DataFrame, tests: pd.DataFrame, num_draws: int, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from zoo.files import atomic_write
 
     n = len(matrix)
     of_rank = rank_bins(num_draws, n)

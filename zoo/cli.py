@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoo import api, bandit
-from zoo.errors import InferenceError, ZooError
-from zoo.files import write_text
+from zoo import api, bandit, calibration, grids
+from zoo.core.errors import InferenceError, ZooError
+from zoo.core.files import write_text
 
 # Back-end options offered as flags; each is passed only when given, and `compare` gives it
 # to every back-end that accepts it.
@@ -135,8 +135,6 @@ def _bandit(args: argparse.Namespace) -> int:
 
 def _fan_out(args: argparse.Namespace, options: dict[str, Any], hyper: dict | None, progress: bool) -> int:
     """``sbc`` and ``grid``: per-task files under --out, so an interrupted run resumes."""
-    from zoo import calibration, grids
-
     fan = {"executor": args.executor, "address": args.address, "progress": progress}
     if args.command == "sbc":
         if args.data:

@@ -42,18 +42,19 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import ClippedAdam
 from pyro.poutine.scale_messenger import ScaleMessenger
 
-from inference import svi
-from inference.common import (
+from zoo import api, registry
+from zoo.core.errors import InferenceError, ZooError
+from zoo.core.problem import Problem, prepare, trace_model
+from zoo.core.spec import Backend, Fit
+from zoo.inference import svi
+from zoo.inference.common import (
     init_values,
     sample_vectorised,
     seed_all,
     single_thread,
     to_chains,
 )
-from zoo import api, registry
-from zoo.errors import InferenceError, ZooError
-from zoo.problem import Problem, prepare, trace_model
-from zoo.spec import Backend, Fit
+from zoo.results import Result, execute
 
 
 class _ScaleDataPlates(ScaleMessenger):
@@ -101,14 +102,14 @@ def _check(problem: Problem, plates: set[str], world: int) -> None:
 
 def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: Mapping[str, Any] | None = None,
                       seed: int = 0, guide: str = "mean_field", num_steps: int = 1000, lr: float = 0.05,
-                      lr_decay: float = 0.02, num_samples: int = 1000, num_chains: int = 4) -> api.Result:
+                      lr_decay: float = 0.02, num_samples: int = 1000, num_chains: int = 4) -> Result:
     """SVI on ``name`` with the data split over the processes of the current process group.
 
     Without an initialised process group this is plain one-process SVI with the same steps,
     the reference the distributed run reproduces. Every process returns the same `Result`.
     """
     spec = registry.get_model(name)
-    full, _ = api._prepare_problem(spec, data, hyper)
+    full, _ = api.prepare_problem(spec, data, hyper)
     rank, world = _world()
     if guide not in svi.GUIDES:
         raise ZooError(f"model {name!r}: guide {guide!r} is not one of {', '.join(svi.GUIDES)}")
@@ -151,7 +152,7 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
               diagnostics={"elbo_trace": trace, "steps": num_steps, "guide": guide, "processes": world,
                            "note": f"data-parallel SVI over {world} process(es)"})
     backend = Backend(name="svi", fit=lambda problem, seed: fit, options={})
-    result = api._execute(full, backend, {}, seed, f"svi (data-parallel x{world})")
+    result = execute(full, backend, {}, seed, f"svi (data-parallel x{world})")
     result.seconds = seconds
     return result
 

@@ -7,8 +7,13 @@ module in `models/` is missing here. Adding a back-end is one module in `inferen
 """
 from __future__ import annotations
 
-from inference import enum, exact, hmc, importance, nuts, svi
-from models import (
+from typing import Any
+
+from zoo.core.errors import ZooError, unknown_name
+from zoo.core.problem import Problem
+from zoo.core.spec import Backend, ModelSpec
+from zoo.inference import enum, exact, hmc, importance, nuts, svi
+from zoo.models import (
     bayesian_linear_regression,
     bernoulli_bandit,
     beta_bernoulli,
@@ -31,8 +36,6 @@ from models import (
     vae,
     vrnn,
 )
-from zoo.errors import ZooError, unknown_name
-from zoo.spec import Backend, ModelSpec
 
 MODULES = [
     beta_bernoulli,
@@ -59,6 +62,7 @@ MODULES = [
 ]
 
 MODELS: dict[str, ModelSpec] = {m.SPEC.name: m.SPEC for m in MODULES}
+SHIPPED = frozenset(MODELS)  # every process that imports the zoo has these (Ray workers too)
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (exact.BACKEND, nuts.BACKEND, hmc.BACKEND,
                                                     svi.BACKEND, enum.BACKEND, importance.BACKEND)}
@@ -79,7 +83,7 @@ def get_model(name: str) -> ModelSpec:
 
 def backends_for(spec: ModelSpec) -> dict[str, Backend]:
     """The generic back-ends followed by the model's own (``cavi``, ``em``, ``gibbs``)."""
-    return {**BACKENDS, **spec.backends}
+    return {**BACKENDS, **spec.backends.own}
 
 
 def get_backend(spec: ModelSpec, name: str) -> Backend:
@@ -87,11 +91,31 @@ def get_backend(spec: ModelSpec, name: str) -> Backend:
     available = backends_for(spec)
     if isinstance(name, str) and name in available:
         return available[name]
-    owners = [m.name for m in MODELS.values() if name in m.backends]
+    owners = [m.name for m in MODELS.values() if name in m.backends.own]
     if owners:
         raise ZooError(f"model {spec.name!r}: back-end {name!r} does not apply: it is specific to "
                        f"{', '.join(owners)}. Back-ends for {spec.name}: {', '.join(available)}")
     raise unknown_name("back-end", name, available, f"model {spec.name!r}: ")
+
+
+def parse_label(label: str) -> tuple[str, dict[str, Any]]:
+    """A back-end label and the options it carries: ``"svi:full_rank"`` is back-end svi with
+    guide full_rank."""
+    if isinstance(label, str) and ":" in label:
+        backend, guide = label.split(":", 1)
+        return backend, {"guide": guide}
+    return label, {}
+
+
+def not_applicable(problem: Problem, backend: Backend) -> str | None:
+    """Why ``backend`` cannot run on ``problem``: its own check, then the model's limits."""
+    own = backend.applicable(problem) if backend.applicable else None
+    return own or problem.spec.backends.limits.get(backend.name)
+
+
+def ships_with_zoo(name: str) -> bool:
+    """Whether ``name`` is one of the zoo's own models (not one registered in this process)."""
+    return name in SHIPPED
 
 
 def add_model(spec: ModelSpec, overwrite: bool = False) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from zoo.core import arviz_io
+
 Z_GATE = 0.25
 SD_RATIO_GATE = (0.9, 1.1)
 
@@ -24,7 +26,7 @@ def scalar_scores(scalars: pd.DataFrame, posterior: dict[str, np.ndarray], exact
 
     Parameters
     ----------
-    scalars : output of `zoo.arviz_io.scalar_stats` (one row per latent scalar).
+    scalars : output of `zoo.core.arviz_io.scalar_stats` (one row per latent scalar).
     posterior : the back-end's draws, site to (chain, draw, ...).
     exact : the `ExactPosterior`.
     exact_draws : a large sample from the exact posterior, site to (n, ...).
@@ -109,3 +111,25 @@ def make_table(rows: list[dict]) -> pd.DataFrame:
     table = recommend(pd.DataFrame(rows))
     cols = [c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]
     return table[cols]
+
+
+def score(label: str, result: Any, sites: list[str], exact: Any, exact_draws: dict[str, np.ndarray] | None,
+          notes: list[str]) -> tuple[dict, pd.DataFrame]:
+    """A finished run's table row and per-scalar statistics, scored against ``exact`` (or None).
+
+    Parameters
+    ----------
+    sites : the latent sites the table reports.
+    exact, exact_draws : the reference posterior and a large sample of it, or None.
+    notes : notes the model adds to every row (how draws were relabelled).
+    """
+    sites = sites if result.idata.get("posterior") is not None else []
+    scalars = arviz_io.scalar_stats(result.idata, sites)
+    if exact is not None and sites:
+        scalars = scalar_scores(scalars, {k: result.idata.posterior[k].values for k in sites}, exact, exact_draws)
+    row = table_row(label, result, scalars, exact.log_evidence if exact else None)
+    notes = list(notes)
+    if exact is not None and exact.kind != "closed_form":
+        notes.append(f"scored against a stored {exact.kind} reference, not a closed form")
+    row["note"] = "; ".join(n for n in [row["note"], *notes] if n)
+    return {**row, **result.scores}, scalars.assign(backend=label)

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from zoo import registry
-from zoo.errors import ZooError
-from zoo.problem import prepare
+from zoo.core.errors import ZooError
+from zoo.core.problem import prepare
 
 
 def sequential_update(name: str, batches: Sequence[Mapping[str, Any]],
@@ -46,10 +46,10 @@ def sequential_update(name: str, batches: Sequence[Mapping[str, Any]],
     [{'alpha': 58.0, 'beta': 52.0}, {'alpha': 67.0, 'beta': 53.0}]
     """
     spec = registry.get_model(name)
-    if spec.posterior_hyper is None:
-        why = ("its posterior has no closed form" if spec.exact is None
+    if spec.reference.posterior_hyper is None:
+        why = ("its posterior has no closed form" if spec.reference.exact is None
                else "its exact posterior is not in the prior's family, so it cannot be the next prior")
-        supported = [k for k, s in registry.MODELS.items() if s.posterior_hyper is not None]
+        supported = [k for k, s in registry.MODELS.items() if s.reference.posterior_hyper is not None]
         raise ZooError(f"model {name!r}: sequential updating needs a conjugate model whose posterior "
                        f"is the next prior; {why}. Models that support it: {', '.join(supported)}")
     if isinstance(batches, Mapping) or not isinstance(batches, Sequence) or not batches:
@@ -64,7 +64,7 @@ def sequential_update(name: str, batches: Sequence[Mapping[str, Any]],
         reason = spec.exact_reason(problem.np_hyper, problem.np_data)
         if reason:
             raise ZooError(f"model {name!r}: batch {i}: no exact posterior: {reason}")
-        new = {k: _plain(v) for k, v in spec.posterior_hyper(problem.exact()).items()}
+        new = {k: _plain(v) for k, v in spec.reference.posterior_hyper(problem.exact()).items()}
         current = {**{k: _plain(v) for k, v in problem.np_hyper.items()}, **new}
         out.append(dict(current))
     return out

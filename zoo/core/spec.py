@@ -75,8 +75,84 @@ class ExactPosterior:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What a back-end's answer is scored against: the model's ground truth.
+
+    Parameters
+    ----------
+    exact : ``exact(data, hyper) -> ExactPosterior`` on numpy arrays: the closed-form posterior
+        (or a stored long-run reference, ``kind="mcmc"``).
+    unavailable : ``unavailable(hyper, data) -> reason or None``: when ``exact`` does not apply
+        to these hyperparameters and data (``data`` may be None: the hyperparameters alone),
+        such as a Laplace prior or data other than the stored reference's.
+    posterior_hyper : for a posterior in the prior's family, ``posterior_hyper(exact) -> dict``:
+        the hyperparameters that make the exact posterior the next prior (`zoo.sequential_update`).
+    """
+
+    exact: Callable[[dict, dict], ExactPosterior] | None = None
+    unavailable: Callable[[dict, dict | None], str | None] | None = None
+    posterior_hyper: Callable[[ExactPosterior], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a back-end's draws are read before anything is measured, and the model's own scores.
+
+    Parameters
+    ----------
+    diagnose : ``diagnose(problem, posterior, truth) -> dict``: model-specific scores computed
+        after every back-end run from its draws (site to (chain, draw, ...) arrays) and the
+        simulated truth (or None): peer scores, clustering quality, occupied clusters. Every
+        entry goes into ``Result.diagnostics``; plain scalars also become table columns.
+    relabel : ``relabel(posterior) -> posterior``: undoes label switching in every back-end's
+        draws before anything is measured; ``relabel_note`` says how, in the table.
+    local_rows : keep only the first ``local_rows`` rows of each local latent site (those not
+        in ``latent_sites``) in the InferenceData; every row is used before that (the
+        log-likelihoods). None keeps them all.
+    """
+
+    diagnose: Callable[[Any, dict[str, np.ndarray], dict | None], dict[str, Any]] | None = None
+    relabel: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    relabel_note: str = ""
+    local_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Which back-ends suit the model, which do not, and how they run on it.
+
+    Parameters
+    ----------
+    default : the back-end ``zoo.run(name)`` uses when none is named: the one that suits the
+        model (``exact`` where there is a closed form, the amortised ``svi`` for deep models).
+    own : model-specific back-ends, name to `Backend` (``cavi``, ``em``, ``gibbs``).
+    limits : generic back-ends that cannot work on this model, with the reason (shown in the
+        comparison table and in the error).
+    skip_by_default : back-ends left out of ``compare`` when the user names none, with why.
+    guides : model-specific SVI guide families, name to ``factory(problem) -> guide``
+        (an amortised encoder); ``default_guide`` is the one ``svi`` uses unless told.
+    options : back-end name to option defaults that suit this model better than the
+        back-end's own (fewer draws of a large local latent); the user's options still win.
+    """
+
+    default: str = "nuts"
+    own: Mapping[str, Backend] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+    skip_by_default: Mapping[str, str] = field(default_factory=dict)
+    guides: Mapping[str, Callable[[Any], Callable[..., Any]]] = field(default_factory=dict)
+    default_guide: str | None = None
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the zoo knows about one model.
+
+    What a model must provide: ``name``, ``model`` (whose docstring tells the generative
+    story and names the seed section), ``data`` and ``latent_sites``. Everything else is
+    optional and grouped by what it is for: ``reference`` (the ground truth back-ends are
+    scored against), ``scoring`` (how draws are read, and the model's own scores) and
+    ``backends`` (which back-ends suit it and how they run on it).
 
     Parameters
     ----------
@@ -90,31 +166,11 @@ class ModelSpec:
     seed_section : where in the source notes the concept comes from.
     inputs : makes the covariates (non-observed data keys) for a simulation,
         ``inputs(rng, sizes, hyper) -> dict``.
-    exact : the exact posterior, ``exact(data, hyper) -> ExactPosterior`` on numpy arrays.
-    no_exact : ``no_exact(hyper, data) -> reason or None``: when the closed form (or the stored
-        reference) does not apply to these hyperparameters and data (``data`` may be None:
-        the hyperparameters alone), such as a Laplace prior.
-    backends : model-specific back-ends, name to module exposing ``OPTIONS`` and ``fit``.
     check : extra validation ``check(data, hyper) -> None`` raising ZooError.
     example : default data (a registered model's example); None to simulate it.
-    limits : generic back-ends that cannot work on this model, with the reason (shown in the
-        comparison table and in the error).
-    posterior_hyper : for a posterior in the prior's family, ``posterior_hyper(exact) -> dict``:
-        the hyperparameters that make the exact posterior the next prior (`zoo.sequential_update`).
-    diagnose : ``diagnose(problem, posterior, truth) -> dict``: model-specific scores computed
-        after every back-end run from its draws (site to (chain, draw, ...) arrays) and the
-        simulated truth (or None): peer scores, clustering quality, occupied clusters. Every
-        entry goes into ``Result.diagnostics``; plain scalars also become table columns.
-    relabel : ``relabel(posterior) -> posterior``: undoes label switching in every back-end's
-        draws before anything is measured; ``relabel_note`` says how, in the table.
-    skip_by_default : back-ends left out of ``compare`` when the user names none, with why.
-    guides : model-specific SVI guide families, name to ``factory(problem) -> guide``
-        (an amortised encoder); ``default_guide`` is the one ``svi`` uses unless told.
-    backend_defaults : back-end name to option defaults that suit this model better than the
-        back-end's own (fewer draws of a large local latent); the user's options still win.
-    local_rows : keep only the first ``local_rows`` rows of each local latent site (those not
-        in ``latent_sites``) in the InferenceData; every row is used before that (the
-        log-likelihoods). None keeps them all.
+    source : where the model comes from: ``"catalogue"`` (the study notes), ``"posteriordb"``
+        or ``"user"`` (`zoo.register`).
+    reference, scoring, backends : the optional parts, see `Reference`, `Scoring`, `Backends`.
     """
 
     name: str
@@ -125,21 +181,12 @@ class ModelSpec:
     sizes: Mapping[str, int] = field(default_factory=dict)
     seed_section: str = ""
     inputs: Callable[..., dict[str, Any]] | None = None
-    exact: Callable[[dict, dict], ExactPosterior] | None = None
-    no_exact: Callable[[dict, dict | None], str | None] | None = None
-    backends: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[dict, dict], None] | None = None
     example: Mapping[str, Any] | None = None
-    limits: Mapping[str, str] = field(default_factory=dict)
-    posterior_hyper: Callable[[ExactPosterior], dict[str, Any]] | None = None
-    diagnose: Callable[[Any, dict[str, np.ndarray], dict | None], dict[str, Any]] | None = None
-    relabel: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
-    relabel_note: str = ""
-    skip_by_default: Mapping[str, str] = field(default_factory=dict)
-    guides: Mapping[str, Callable[[Any], Callable[..., Any]]] = field(default_factory=dict)
-    default_guide: str | None = None
-    backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    local_rows: int | None = None
+    source: str = "catalogue"
+    reference: Reference = field(default_factory=Reference)
+    scoring: Scoring = field(default_factory=Scoring)
+    backends: Backends = field(default_factory=Backends)
 
     @property
     def doc(self) -> str:
@@ -152,9 +199,9 @@ class ModelSpec:
 
     def exact_reason(self, hyper: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> str | None:
         """Why there is no exact posterior for these hyperparameters, or None if there is."""
-        if self.exact is None:
+        if self.reference.exact is None:
             return f"model {self.name!r} has no closed-form posterior"
-        return self.no_exact(hyper, data) if self.no_exact else None
+        return self.reference.unavailable(hyper, data) if self.reference.unavailable else None
 
 
 @dataclass

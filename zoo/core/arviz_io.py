@@ -16,7 +16,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from zoo.files import atomic_write, jsonable
+from zoo.core.files import atomic_write, jsonable
 
 
 def to_idata(posterior: Mapping[str, np.ndarray], *, sample_stats: Mapping[str, np.ndarray] | None = None,
@@ -104,9 +104,6 @@ def plot_comparison(idatas: Mapping[str, az.InferenceData], out: str | Path, tit
                     var_names: Sequence[str] | None = None) -> list[Path]:
     """Forest plot and marginal densities of ``var_names`` (default all) for every back-end
     over the same axes, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
@@ -157,9 +154,6 @@ def plot_rank_ecdf(ranks: Mapping[str, np.ndarray], num_draws: int, path: str | 
     """ECDF-difference plot of SBC ranks against the uniform distribution on 0..num_draws, one
     panel per scalar, with simultaneous confidence bands (Säilynoja, Bürkner and Vehtari 2022),
     written as a PNG file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy import stats
 

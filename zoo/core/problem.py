@@ -19,8 +19,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
-from zoo.errors import ZooError, unknown_name
-from zoo.spec import Backend, ExactPosterior, ModelSpec
+from zoo.core.errors import ZooError, unknown_name
+from zoo.core.spec import Backend, ExactPosterior, ModelSpec
 
 DTYPE = torch.float64
 
@@ -75,11 +75,25 @@ class Problem:
         if self.spec.exact_reason(self.np_hyper, self.np_data) is not None:
             return None
         if not self._exact:
-            self._exact.append(self.spec.exact(self.np_data, self.np_hyper))
+            self._exact.append(self.spec.reference.exact(self.np_data, self.np_hyper))
         return self._exact[0]
 
     def error(self, message: str) -> ZooError:
         return ZooError(f"model {self.name!r}: {message}")
+
+
+def check_int(value: Any, what: str, minimum: int = 0, where: str = "") -> int:
+    """``value`` as an int, or a ZooError naming ``what`` when it is not an integer >= ``minimum``
+    (bools are refused). The one integer check: seeds, sizes, counts, horizons."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ZooError(f"{where}{what} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def check_seed(seed: Any) -> int:
+    """A seed: a non-negative integer."""
+    return check_int(seed, "seed", 0)
 
 
 def _show(values: np.ndarray, index: np.ndarray, limit: int = 5) -> str:
@@ -125,7 +139,7 @@ def _check_support(where: str, what: str, arr: np.ndarray, support: constraints.
     raise ZooError(f"{where}{what} is outside the support {support} at index {_show(flat, ~ok.astype(bool))}")
 
 
-def _check_hyper(spec: ModelSpec, hyper: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
+def check_hyper(spec: ModelSpec, hyper: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
     """Validate hyperparameters; returns torch values, numpy values and the sizes they fix."""
     where = f"model {spec.name!r}: "
     hyper = dict(hyper or {})
@@ -158,7 +172,7 @@ def _check_hyper(spec: ModelSpec, hyper: Mapping[str, Any] | None) -> tuple[dict
     return torch_h, np_h, sizes
 
 
-def _check_data(spec: ModelSpec, data: Mapping[str, Any] | None, sizes: dict[str, int]) -> tuple[dict, dict]:
+def check_data(spec: ModelSpec, data: Mapping[str, Any] | None, sizes: dict[str, int]) -> tuple[dict, dict]:
     where = f"model {spec.name!r}: "
     if data is None:
         raise ZooError(f"{where}no data given; data keys: {', '.join(spec.data)} (zoo.simulate makes some)")
@@ -217,8 +231,8 @@ def prepare(spec: ModelSpec, data: Mapping[str, Any] | None, hyper: Mapping[str,
     ZooError
         naming the model, the data key, hyperparameter or site, and the bad value.
     """
-    torch_h, np_h, sizes = _check_hyper(spec, hyper)
-    torch_d, np_d = _check_data(spec, data, sizes)
+    torch_h, np_h, sizes = check_hyper(spec, hyper)
+    torch_d, np_d = check_data(spec, data, sizes)
     if spec.check is not None:
         spec.check(np_d, np_h)
     tr = trace_model(spec, torch_d, torch_h)
@@ -255,12 +269,12 @@ def check_options(problem: Problem, backend: Backend, options: Mapping[str, Any]
     for k in options:
         if k not in backend.options:
             raise unknown_name("option", k, backend.options, where)
-    merged = {**backend.options, **problem.spec.backend_defaults.get(backend.name, {}), **options}
+    merged = {**backend.options, **problem.spec.backends.options.get(backend.name, {}), **options}
     choices = dict(backend.choices)
     if "guide" in choices:  # the model's own guide families (an amortised encoder) join the list
-        choices["guide"] = tuple(choices["guide"]) + tuple(problem.spec.guides)
-        if "guide" not in options and problem.spec.default_guide:
-            merged["guide"] = problem.spec.default_guide
+        choices["guide"] = tuple(choices["guide"]) + tuple(problem.spec.backends.guides)
+        if "guide" not in options and problem.spec.backends.default_guide:
+            merged["guide"] = problem.spec.backends.default_guide
     for k, v in options.items():
         default = backend.options[k]
         if k in choices:
@@ -270,8 +284,7 @@ def check_options(problem: Problem, backend: Backend, options: Mapping[str, Any]
             if v is not None and not isinstance(v, bool):
                 raise ZooError(f"{where}option {k} must be True or False, got {v!r}")
         elif isinstance(default, int):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ZooError(f"{where}option {k} must be a positive integer, got {v!r}")
+            check_int(v, f"option {k}", 1, where)
         elif isinstance(default, float):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v <= 0:
                 raise ZooError(f"{where}option {k} must be a positive number, got {v!r}")
