@@ -148,42 +148,15 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-class GradCounter:
-    """Counts gradients of the potential: Pyro's ``potential_grad`` calls (one chain each) and
-    the batched sampler's potential calls (one gradient per chain each)."""
-
-    def __init__(self) -> None:
-        from pyro.infer.mcmc import hmc, nuts
-        from pyro.ops import integrator
-
-        from zoo.inference import batched
-
-        self.count = 0
-        original = integrator.potential_grad
-
-        def counted(potential_fn, z):
-            self.count += 1
-            return original(potential_fn, z)
-
-        for m in (integrator, hmc, nuts):
-            m.potential_grad = counted
-        batched_call = batched.BatchedPotential.__call__
-
-        def counted_batch(pot, z):
-            self.count += z.shape[0]
-            return batched_call(pot, z)
-
-        batched.BatchedPotential.__call__ = counted_batch
-
-
 def _compare(name: str, backend: str, data: dict, seed: int, options: dict) -> dict[str, Any]:
+    """The comparison table's row of one run, with the run's diagnostics under ``"diagnostics"``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cmp = zoo.compare(name, backends=[backend], data=data, seed=seed, progress=False, **options)
     row = cmp.table.iloc[0].to_dict()
     if "seconds" not in row or pd.isna(row.get("seconds")):
         raise RuntimeError(str(row.get("note")))
-    return row
+    return {**row, "diagnostics": cmp.results[backend].diagnostics}
 
 
 def run_cell(label: str, backend: str, *, quick: bool, seed: int, gate: bool = True) -> dict[str, Any]:
@@ -193,12 +166,11 @@ def run_cell(label: str, backend: str, *, quick: bool, seed: int, gate: bool = T
     data = benchmark_data(label, seed)
     backend, _, lever = backend.partition(":")
     settings = {**(QUICK if quick else MAIN).get(backend, {}), **LEVERS.get(lever, {})}
-    counter = GradCounter()
     rss_import = maxrss_mb()
     row = _compare(name, backend, data, seed, settings)
     rss_peak = maxrss_mb()
     if backend in ("nuts", "hmc"):
-        grads = counter.count
+        grads = row["diagnostics"]["gradient_evaluations"]
     elif backend == "svi":
         merged = {**registry.get_backend(zoo.get_model(name), "svi").options, **settings}
         grads = merged["num_steps"] * merged["num_particles"]
