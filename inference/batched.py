@@ -61,6 +61,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.adaptation import WarmupAdapter
 from pyro.infer.mcmc.util import initialize_model
 from torch.distributions import biject_to
+from torch.distributions.transforms import IndependentTransform, identity_transform
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 from tqdm.auto import tqdm
@@ -70,6 +71,7 @@ from zoo.inference.common import padded, vectorised_over
 
 MAX_ENERGY_ERROR = 1000.0
 PATHS = ("vmap", "plate")
+STATIC_RUNTIME = True  # run compiled graphs by TorchScript's static runtime (False: by TorchScript itself)
 RNG_BLOCK = 64  # leaf steps whose random numbers are drawn at once
 
 
@@ -101,6 +103,13 @@ def blocks_of(problem: Problem, values: dict[str, torch.Tensor]) -> list[Block]:
     return blocks
 
 
+def _identity(transform: torch.distributions.Transform) -> bool:
+    """Whether ``transform`` is the identity (the unconstraining transform of a real site)."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    return transform == identity_transform
+
+
 def _finite(u: torch.Tensor, grad: torch.Tensor, lp: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Infinite potential and zero gradient where either is not finite (the density is zero)."""
     bad = ~torch.isfinite(u) | ~torch.isfinite(grad).all(-1)
@@ -127,14 +136,9 @@ class Potential:
 
     def _unconstrained(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Each site's unconstrained value (..., *ushape) from flat positions (..., D)."""
-        out, start = [], 0
-        for b in self.blocks:
-            part = z[..., start:start + b.size]
-            start += b.size
-            if b.select is not None:
-                part = part @ b.select
-            out.append(part.reshape(z.shape[:-1] + b.ushape))
-        return out
+        parts = z.split([b.size for b in self.blocks], -1)
+        return [(part if b.select is None else part @ b.select).reshape(z.shape[:-1] + b.ushape)
+                for b, part in zip(self.blocks, parts)]
 
     def constrain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Site values (..., *shape) at positions z (..., D)."""
@@ -149,10 +153,13 @@ class Potential:
             parts.append(u if b.select is None else u @ b.select.T)
         return torch.cat(parts, 1)
 
-    def _values(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _values(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
         """Site values and log|dx/dz| (leading dims of z) at positions z (..., D)."""
-        values, log_jac = {}, z.new_zeros(z.shape[:-1])
+        values, log_jac = {}, 0.0
         for b, u in zip(self.blocks, self._unconstrained(z)):
+            if _identity(b.transform):  # a real site: nothing to add
+                values[b.name] = u
+                continue
             x = b.transform(u)
             log_jac = log_jac + b.transform.log_abs_det_jacobian(u, x).reshape(z.shape[:-1] + (-1,)).sum(-1)
             values[b.name] = x
@@ -174,12 +181,13 @@ class Potential:
         with vectorised_over(self.problem, n):
             tr = poutine.trace(conditioned).get_trace()
         tr.compute_log_prob()
-        lp = z.new_zeros(n)
+        terms = []
         for site in tr.nodes.values():
             if site["type"] == "sample":
                 s = site["log_prob"]
                 s = s.reshape((1,) * (rank - s.dim()) + s.shape) if s.dim() < rank else s
-                lp = lp + s.expand((n,) + s.shape[1:]).reshape(n, -1).sum(1)
+                terms.append(s.expand((n,) + s.shape[1:]).reshape(n, -1).sum(1))
+        lp = sum(terms[1:], terms[0])
         return lp + log_jac, lp
 
     def eager(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -364,115 +372,117 @@ def unpack(draw: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def _leapfrog(potential: Callable[..., Any], z: torch.Tensor, p: torch.Tensor, grad: torch.Tensor,
               eps: torch.Tensor, inv_mass: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """One leapfrog step of signed size eps (C, 1): z, p, grad, u, lp at the new point."""
-    p = p - 0.5 * eps * grad
+    """One leapfrog step of signed size eps (C, 1): z, p, grad, u, lp at the new point (a
+    point where the potential is not finite gives a non-finite energy: a divergence)."""
+    half = 0.5 * eps
+    p = p - half * grad
     z = z + eps * velocity(p, inv_mass)
-    u, grad, lp = _finite(*potential(z))
-    return z, p - 0.5 * eps * grad, grad, u, lp
+    u, grad, lp = potential(z)
+    return z, p - half * grad, grad, u, lp
 
 
-def _start(s: dict[str, torch.Tensor], noise: torch.Tensor, sqrt_mass: torch.Tensor,
-           inv_mass: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Begin a new trajectory (fresh momentum) where the last one is done: the state, the
-    new-trajectory mask and the momentum of every chain's starting point."""
-    new = s["done"]
-    p0 = _momentum(noise, sqrt_mass)
-    h0 = unpack(s["draw"])[2] + _kinetic(p0, inv_mass)
-    last = torch.arange(s["draw"].shape[1]) == s["draw"].shape[1] - 1  # the energy column
-    zero = torch.zeros_like(s["accept_sum"])
-    s = dict(s, h0=torch.where(new, h0, s["h0"]),
-             draw=torch.where(new[:, None] & last, h0[:, None], s["draw"]),
-             accept_sum=torch.where(new, zero, s["accept_sum"]), n_steps=torch.where(new, zero, s["n_steps"]),
-             diverging=s["diverging"] & ~new)
-    return s, new, p0
+def _starting(s: dict[str, torch.Tensor], noise: torch.Tensor, sqrt_mass: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the last trajectory is done a new one starts from the draw in hand: the mask,
+    its momentum S noise, its Hamiltonian (the kinetic energy of S noise is |noise|^2 / 2
+    for any metric, as S^T M^-1 S = I) and the draws with that Hamiltonian as their energy."""
+    new, draw = s["done"], s["draw"]
+    c, w = draw.shape
+    h0 = torch.where(new, draw[:, w - 3] + 0.5 * (noise * noise).sum(1), s["h0"])
+    last = torch.arange(w) == w - 1  # the energy column
+    return new, _momentum(noise, sqrt_mass), h0, torch.where(new.view(c, 1) & last, h0.view(c, 1), draw)
 
 
 def nuts_step(potential: Callable[..., Any], s: dict[str, torch.Tensor], step_size: torch.Tensor,
-              inv_mass: torch.Tensor, sqrt_mass: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor,
+              inv_mass: torch.Tensor, sqrt_mass: torch.Tensor, noise: torch.Tensor, log_uniform: torch.Tensor,
               *, max_tree_depth: int) -> dict[str, torch.Tensor]:
-    """One leapfrog step of every chain's NUTS trajectory, and its bookkeeping (module docstring)."""
-    s, new, p0 = _start(s, noise, sqrt_mass, inv_mass)
-    z0, g0, _, _, _ = unpack(s["draw"])
-    edges = torch.where(new[:, None, None, None], torch.stack([z0, p0, g0], 1)[:, None], s["edges"])
-    log_w = torch.where(new, -s["h0"], s["log_w"])
-    rho = torch.where(new[:, None], p0, s["rho"])
+    """One leapfrog step of every chain's NUTS trajectory, and its bookkeeping (module
+    docstring); ``log_uniform`` holds logs of uniform draws."""
+    c, d = s["rho"].shape
+    new, p0, h0, draw = _starting(s, noise, sqrt_mass)
+    start = torch.cat([draw[:, :d], p0, draw[:, d:2 * d]], 1).view(c, 1, 3, d)  # z, p, grad of both edges
+    edges = torch.where(new.view(c, 1, 1, 1), start, s["edges"])
+    log_w = torch.where(new, -h0, s["log_w"])
+    rho = torch.where(new.view(c, 1), p0, s["rho"])
     depth = torch.where(new, 0, s["depth"])
     # a new subtree (of 2^depth leaves) where a trajectory starts or the last subtree joined
     fresh = new | s["fresh"]
-    forward = torch.where(fresh, uniform[:, 0] < 0.5, s["forward"])
+    forward = torch.where(fresh, log_uniform[:, 0] < math.log(0.5), s["forward"])
     leaf = torch.where(fresh, 0, s["leaf"])
     sub_log_w = torch.where(fresh, -math.inf, s["sub_log_w"])
-    sub_rho = torch.where(fresh[:, None], 0.0, s["sub_rho"])
+    sub_rho = torch.where(fresh.view(c, 1), 0.0, s["sub_rho"])
     # leapfrog from the edge in this subtree's direction; that edge moves
-    edge = torch.where(forward[:, None, None], edges[:, 1], edges[:, 0])
-    eps = torch.where(forward, step_size, -step_size)[:, None]
-    z, p, grad, u, lp = _leapfrog(potential, edge[:, 0], edge[:, 1], edge[:, 2], eps, inv_mass)
-    side = torch.stack([~forward, forward], 1)[:, :, None, None]
-    edges = torch.where(side, torch.stack([z, p, grad], 1)[:, None], edges)
+    side = forward.long()
+    z0, p, g0 = edges[torch.arange(c), side].unbind(1)
+    eps = torch.where(forward, step_size, -step_size).view(c, 1)
+    z, p, grad, u, lp = _leapfrog(potential, z0, p, g0, eps, inv_mass)
+    moved = torch.stack([~forward, forward], 1).view(c, 2, 1, 1)
+    edges = torch.where(moved, torch.cat([z, p, grad], 1).view(c, 1, 3, d), edges)
     # the leaf: its weight, acceptance statistic, divergence, and progressive sampling
-    energy = u + _kinetic(p, inv_mass)
-    error = energy - s["h0"]
-    bad = ~torch.isfinite(error) | (error > MAX_ENERGY_ERROR)
-    leaf_log_w = torch.where(torch.isfinite(energy), -energy, -math.inf)
-    accept_sum = s["accept_sum"] + torch.exp(torch.clamp(-error, max=0.0)).nan_to_num(0.0)
-    total = torch.logaddexp(sub_log_w, leaf_log_w)
-    take = (uniform[:, 1] < torch.exp(leaf_log_w - total)) | fresh
-    sub = torch.where(take[:, None], pack(z, grad, u, lp, energy), s["sub"])
+    v = velocity(p, inv_mass)
+    energy = u + 0.5 * (p * v).sum(1)
+    error = energy - h0
+    bad = ~(error <= MAX_ENERGY_ERROR)  # NaN too
+    accept_sum = torch.where(new, 0.0, s["accept_sum"]) + torch.exp(torch.clamp(-error, max=0.0)).nan_to_num(0.0)
+    total = torch.logaddexp(sub_log_w, -energy)
+    take = (log_uniform[:, 1] < -energy - total) | fresh
+    sub = torch.where(take.view(c, 1), torch.cat([z, grad, torch.stack([u, lp, energy], 1)], 1), s["sub"])
     sub_rho = sub_rho + p
     # U-turns inside the subtree: leaf n opens the sub-trees of 2^k leaves it starts and
     # closes those it ends (k = 1 .. depth), each checked from its first leaf's checkpoint
-    v = velocity(p, inv_mass)
     levels = torch.arange(1, s["ck"].shape[1] + 1)
     width = 2 ** levels
-    inside = levels <= depth[:, None]
-    opens = inside & (leaf[:, None] % width == 0)
-    ck = torch.where(opens[:, :, None, None], torch.stack([v, sub_rho - p], 1)[:, None], s["ck"])
-    closes = inside & ((leaf[:, None] + 1) % width == 0)
-    span = sub_rho[:, None] - ck[:, :, 1]
-    turned = (closes & (((ck[:, :, 0] * span).sum(-1) <= 0) | ((v[:, None] * span).sum(-1) <= 0))).any(1)
+    inside = levels <= depth.view(c, 1)
+    position = leaf.view(c, 1)
+    opens = inside & (position % width == 0)
+    ck = torch.where(opens.view(c, -1, 1, 1), torch.cat([v, sub_rho - p], 1).view(c, 1, 2, d), s["ck"])
+    closes = inside & ((position + 1) % width == 0)
+    span = sub_rho.view(c, 1, d) - ck[:, :, 1]
+    turning = torch.minimum((ck[:, :, 0] * span).sum(-1), (v.view(c, 1, d) * span).sum(-1)) <= 0
     leaf = leaf + 1
-    stopped = bad | turned
+    stopped = bad | (closes & turning).any(1)
     joins = ~stopped & (leaf == 2 ** depth)
     # a complete subtree joins the trajectory (biased progressive sampling)
-    take = joins & (uniform[:, 2] < torch.exp(total - log_w))
-    draw = torch.where(take[:, None], sub, s["draw"])
+    take = joins & (log_uniform[:, 2] < total - log_w)
+    draw = torch.where(take.view(c, 1), sub, draw)
     log_w = torch.where(joins, torch.logaddexp(log_w, total), log_w)
-    rho = torch.where(joins[:, None], rho + sub_rho, rho)
-    tree_depth = torch.where(stopped | joins, depth + 1, s["tree_depth"])
-    depth = depth + joins.long()
-    u_turn = ((velocity(edges[:, :, 1], inv_mass) * rho[:, None]).sum(-1) <= 0).any(1)
+    rho = torch.where(joins.view(c, 1), rho + sub_rho, rho)
+    deeper = depth + 1
+    tree_depth = torch.where(stopped | joins, deeper, s["tree_depth"])
+    depth = torch.where(joins, deeper, depth)
+    u_turn = ((edges[:, :, 1] * velocity(rho, inv_mass).view(c, 1, d)).sum(-1) <= 0).any(1)
     done = stopped | (joins & (u_turn | (depth >= max_tree_depth)))
-    return dict(s, draw=draw, sub=sub, edges=edges, ck=ck, rho=rho, sub_rho=sub_rho, log_w=log_w,
+    return dict(s, draw=draw, sub=sub, edges=edges, ck=ck, rho=rho, sub_rho=sub_rho, log_w=log_w, h0=h0,
                 sub_log_w=total, depth=depth, leaf=leaf, forward=forward, fresh=joins & ~done, done=done,
-                accept_sum=accept_sum, n_steps=s["n_steps"] + 1, diverging=s["diverging"] | bad,
-                tree_depth=tree_depth)
+                accept_sum=accept_sum, n_steps=torch.where(new, 0.0, s["n_steps"]) + 1,
+                diverging=(s["diverging"] & ~new) | bad, tree_depth=tree_depth)
 
 
 def hmc_step(potential: Callable[..., Any], s: dict[str, torch.Tensor], step_size: torch.Tensor,
-             inv_mass: torch.Tensor, sqrt_mass: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor,
+             inv_mass: torch.Tensor, sqrt_mass: torch.Tensor, noise: torch.Tensor, log_uniform: torch.Tensor,
              *, num_leapfrog: int) -> dict[str, torch.Tensor]:
     """One leapfrog step of every chain's HMC trajectory; after ``num_leapfrog`` of them, the
-    Metropolis correction.
+    Metropolis correction (``log_uniform``: logs of uniform draws).
 
     The step size is jittered by up to 20% either way at each iteration (Neal 2011, 5.4.2.2):
     with a fixed trajectory length a near-Gaussian posterior can make the trajectory close to
     a whole period, and the chain barely moves (measured: bulk ESS 6 of 800 draws on
     normal_gamma without jitter, with Pyro's HMC as well).
     """
-    s, new, p0 = _start(s, noise, sqrt_mass, inv_mass)
-    z0, g0, _, _, _ = unpack(s["draw"])
-    edge = torch.where(new[:, None, None], torch.stack([z0, p0, g0], 1), s["edge"])
-    eps = torch.where(new, step_size * (0.8 + 0.4 * uniform[:, 0]), s["eps"])
-    z, p, grad, u, lp = _leapfrog(potential, edge[:, 0], edge[:, 1], edge[:, 2], eps[:, None], inv_mass)
-    n_steps = s["n_steps"] + 1
+    c, d = noise.shape
+    new, p0, h0, draw = _starting(s, noise, sqrt_mass)
+    start = torch.cat([draw[:, :d], p0, draw[:, d:2 * d]], 1).view(c, 3, d)
+    z0, p, g0 = torch.where(new.view(c, 1, 1), start, s["edge"]).unbind(1)
+    eps = torch.where(new, step_size * (0.8 + 0.4 * log_uniform[:, 0].exp()), s["eps"])
+    z, p, grad, u, lp = _leapfrog(potential, z0, p, g0, eps.view(c, 1), inv_mass)
+    n_steps = torch.where(new, 0.0, s["n_steps"]) + 1
     done = n_steps >= num_leapfrog
     energy = u + _kinetic(p, inv_mass)
-    error = (energy - s["h0"]).nan_to_num(math.inf)
-    accept_prob = torch.exp(torch.clamp(-error, max=0.0))
-    accept = done & (uniform[:, 1] < accept_prob)
-    return dict(s, draw=torch.where(accept[:, None], pack(z, grad, u, lp, energy), s["draw"]),
-                edge=torch.stack([z, p, grad], 1), eps=eps, n_steps=n_steps, done=done,
-                accept_sum=accept_prob * n_steps, diverging=error > MAX_ENERGY_ERROR)
+    error = (energy - h0).nan_to_num(math.inf)
+    accept = done & (log_uniform[:, 1] < -error)
+    draw = torch.where(accept.view(c, 1), torch.cat([z, grad, torch.stack([u, lp, energy], 1)], 1), draw)
+    return dict(s, draw=draw, edge=torch.stack([z, p, grad], 1), eps=eps, h0=h0, n_steps=n_steps, done=done,
+                accept_sum=torch.exp(torch.clamp(-error, max=0.0)) * n_steps, diverging=error > MAX_ENERGY_ERROR)
 
 
 def initial_state(z: torch.Tensor, u: torch.Tensor, grad: torch.Tensor, lp: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -593,31 +603,53 @@ class Tuning:
 # ----------------------------------------------------------------------------- compiling
 
 
-_VIEWS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.expand.default,
-          torch.ops.aten._unsafe_view.default, torch.ops.aten.alias.default, torch.ops.aten.detach.default}
-_NEUTRAL = {torch.ops.aten.add.Tensor: 0, torch.ops.aten.sub.Tensor: 0, torch.ops.aten.mul.Tensor: 1,
-            torch.ops.aten.div.Tensor: 1}
+_aten = torch.ops.aten
+_VIEWS = {_aten.view.default, _aten.reshape.default, _aten.expand.default, _aten._unsafe_view.default,
+          _aten.alias.default, _aten.detach.default}
+_NEUTRAL = {_aten.add.Tensor: 0, _aten.sub.Tensor: 0, _aten.add.Scalar: 0, _aten.sub.Scalar: 0, _aten.mul.Tensor: 1,
+            _aten.div.Tensor: 1, _aten.mul.Scalar: 1, _aten.div.Scalar: 1, _aten.pow.Tensor_Scalar: 1}
+_ZEROS = {_aten.zeros_like.default, _aten.new_zeros.default, _aten.zeros.default}
+_KEEP_ZERO = _VIEWS | {_aten.sum.dim_IntList, _aten.sum.default, _aten.neg.default, _aten.unsqueeze.default,
+                       _aten.squeeze.dim, _aten.clone.default}
 
 
 def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Drop the operations of a ``make_fx`` graph that do nothing: a view, reshape or expand
-    to the shape it already has, adding 0 or multiplying by 1 (where no in-place operation
-    follows). Each costs microseconds of dispatch on tensors of a few numbers."""
+    to the shape it already has, adding 0 (a zero tensor too: an identity transform's log
+    Jacobian), multiplying by 1, raising to the power 1 (where no in-place operation follows).
+    Each costs microseconds of dispatch on tensors of a few numbers."""
     def val(x: Any) -> torch.Tensor | None:
         v = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
         return v if isinstance(v, torch.Tensor) else None
 
+    def in_place_follows(node: torch.fx.Node) -> bool:
+        return any(u.op == "call_function" and str(u.target).split(".")[-2].endswith("_") for u in node.users)
+
+    zero: set[torch.fx.Node] = set()
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or not node.args:
             continue
         out, src = val(node), val(node.args[0])
-        if out is None or src is None or src.shape != out.shape or src.dtype != out.dtype:
+        if out is None:
             continue
-        neutral = node.target in _NEUTRAL and len(node.args) == 2 and not node.kwargs \
-            and node.args[1] == _NEUTRAL[node.target] \
-            and not any(str(u.target).split(".")[-2].endswith("_") for u in node.users if u.op == "call_function")
-        if node.target in _VIEWS or neutral:
-            node.replace_all_uses_with(node.args[0])
+        if node.target in _ZEROS or (node.target is _aten.full_like.default and node.args[1] == 0) \
+                or (node.target in _KEEP_ZERO and node.args[0] in zero):
+            zero.add(node)
+            continue
+        keep = None
+        if src is not None and src.shape == out.shape and src.dtype == out.dtype:
+            if node.target in _VIEWS:
+                keep = node.args[0]
+            elif node.target in _NEUTRAL and len(node.args) == 2 and not node.kwargs and not in_place_follows(node) \
+                    and (node.args[1] == _NEUTRAL[node.target]
+                         or (node.args[1] in zero and node.target in (_aten.add.Tensor, _aten.sub.Tensor))):
+                keep = node.args[0]
+        if node.target is _aten.add.Tensor and node.args[0] in zero and not in_place_follows(node):
+            other = val(node.args[1])
+            if other is not None and other.shape == out.shape and other.dtype == out.dtype:
+                keep = node.args[1]
+        if keep is not None:
+            node.replace_all_uses_with(keep)
             gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.recompile()
@@ -626,14 +658,25 @@ def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def compile_graph(fn: Callable[..., Any], example: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any], Any]:
     """``fn`` traced at ``example`` into a graph of aten operations (``make_fx``), simplified
-    (`simplify`), with its data-only parts computed once (``const_fold``), replayed by
-    TorchScript: the graph and the FX module it came from (the same graph run by Python)."""
+    (`simplify`), with its data-only parts computed once (``const_fold``), and run by
+    TorchScript's static runtime (an interpreter for straight-line graphs whose overhead per
+    operation is lower than TorchScript's own: measured 1.6 against 2.7 ms per NUTS step on
+    eight schools), or by TorchScript where the static runtime does not take the graph.
+    Returns the compiled graph and the FX module it came from (the same graph run by Python).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation warning, const_fold's notes
         fx = simplify(make_fx(fn)(*example))
         folded = const_fold.split_const_subgraphs(fx)
         folded.run_folding()
-        return torch.jit.trace(folded, example, check_trace=False), fx
+        traced = torch.jit.trace(folded, example, check_trace=False)
+        if not STATIC_RUNTIME:
+            return traced, fx
+        try:
+            static = torch._C._jit_to_static_module(torch.jit.freeze(traced.eval())._c)
+        except RuntimeError:
+            return traced, fx
+    return (lambda *args: tuple(static(*args))), fx
 
 
 # ----------------------------------------------------------------------------- driver
@@ -683,7 +726,7 @@ def sample(pot: Potential, init: torch.Tensor, algorithm: Algorithm, *, seed: in
     s = {**initial_state(init, *pot(init)), **algorithm.fields(c, d)}
     tuning = Tuning(pot, init, gen, num_warmup=num_warmup, target_accept=target_accept, dense_mass=dense_mass)
     noise = torch.randn(RNG_BLOCK, c, d, generator=gen, dtype=DTYPE)
-    uniform = torch.rand(RNG_BLOCK, c, 3, generator=gen, dtype=DTYPE)
+    uniform = torch.rand(RNG_BLOCK, c, 3, generator=gen, dtype=DTYPE).log()
     start = time.perf_counter()
     graph = compile_step(algorithm, pot, s, (tuning.step_size, tuning.inv_mass, tuning.sqrt_mass, noise[0],
                                              uniform[0]))
@@ -696,7 +739,7 @@ def sample(pot: Potential, init: torch.Tensor, algorithm: Algorithm, *, seed: in
         while min(iteration) < total:
             if block == RNG_BLOCK:
                 noise = torch.randn(RNG_BLOCK, c, d, generator=gen, dtype=DTYPE)
-                uniform = torch.rand(RNG_BLOCK, c, 3, generator=gen, dtype=DTYPE)
+                uniform = torch.rand(RNG_BLOCK, c, 3, generator=gen, dtype=DTYPE).log()
                 block = 0
             tune = (tuning.step_size, tuning.inv_mass, tuning.sqrt_mass, noise[block], uniform[block])
             block += 1
