@@ -15,7 +15,9 @@ the Stan code but not copied from it. Every module declares
   numbers, from ``data/<NAME>.json``. Pass arrays to ``model`` as tensors of the default
   dtype (float64 is advised: the GP models' Cholesky factors assume it) and counts as
   int64 tensors;
-* optionally ``NUTS_OPTIONS``: keyword arguments for NUTS that the geometry needs.
+* optionally ``NUTS_OPTIONS``: the sampler settings the geometry needs, in the zoo's
+  back-end vocabulary (``target_accept``, ``dense_mass``; Pyro's own ``NUTS`` calls them
+  ``target_accept_prob`` and ``full_mass``).
 
 ``reference/<NAME>.json`` holds summaries of the reference draws for every scalar of every
 latent and deterministic site of the Pyro model: mean, sd, MCSEs, bulk/tail ESS, r_hat and

@@ -42,13 +42,16 @@ def model(y=None):
     phi = pyro.sample("phi", dist.Normal(0., 2.))
     theta = pyro.sample("theta", dist.Normal(0., 2.))
     sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
-    nu = [mu + phi * mu]  # y_0 = mu, err_0 = 0
-    err = y[0] - nu[0]
-    for t in range(1, len(y)):
-        nu.append(mu + phi * y[t - 1] + theta * err)
-        err = y[t] - nu[t]
+    # err_t = y_t - nu_t with nu_t = mu + phi y_{t-1} + theta err_{t-1}: the part without
+    # err is vectorised, the recursion in err is a Python loop (y_0 = mu, err_0 = 0)
+    y_prev = torch.cat([mu.reshape(1), y[:-1]])
+    r = y - mu - phi * y_prev
+    err = [r[0]]
+    for r_t in r[1:].unbind(0):
+        err.append(r_t - theta * err[-1])
+    nu = y - torch.stack(err)
     with pyro.plate("time", len(y)):
-        pyro.sample("y", dist.Normal(torch.stack(nu), sigma), obs=y)
+        pyro.sample("y", dist.Normal(nu, sigma), obs=y)
 
 
 def data() -> dict:

@@ -48,11 +48,14 @@ def model(sigma1, y=None):
     w = pyro.sample("w", dist.Dirichlet(torch.ones(3)))  # flat on alpha1 + beta1 < 1
     alpha1 = pyro.deterministic("alpha1", w[0])
     beta1 = pyro.deterministic("beta1", w[1])
-    sigma = [torch.as_tensor(sigma1, dtype=y.dtype)]
-    for t in range(1, len(y)):
-        sigma.append(torch.sqrt(alpha0 + alpha1 * (y[t - 1] - mu) ** 2 + beta1 * sigma[t - 1] ** 2))
+    # the variance recursion sigma_t^2 = c_t + beta1 sigma_{t-1}^2 as a Python loop, with
+    # c_t = alpha0 + alpha1 (y_{t-1} - mu)^2 vectorised
+    c = alpha0 + alpha1 * (y[:-1] - mu) ** 2
+    var = [torch.as_tensor(sigma1, dtype=y.dtype) ** 2]
+    for c_t in c.unbind(0):
+        var.append(c_t + beta1 * var[-1])
     with pyro.plate("time", len(y)):
-        pyro.sample("y", dist.Normal(mu, torch.stack(sigma)), obs=y)
+        pyro.sample("y", dist.Normal(mu, torch.stack(var).sqrt()), obs=y)
 
 
 def data() -> dict:

@@ -50,13 +50,14 @@ def model(y=None):
     # positive_ordered[2] mu = (mu_low, mu_low + mu_gap): flat, masked sites, then the priors
     mu_low = pyro.sample("mu_low", dist.HalfNormal(1.).mask(False))
     mu_gap = pyro.sample("mu_gap", dist.HalfNormal(1.).mask(False))
-    mu = pyro.deterministic("mu", torch.stack([mu_low, mu_low + mu_gap], -1))
-    pyro.factor("mu_prior", dist.Normal(3., 1.).log_prob(mu[..., 0]) + dist.Normal(10., 1.).log_prob(mu[..., 1]))
+    mu = pyro.deterministic("mu", torch.stack([mu_low, mu_low + mu_gap]))
+    pyro.factor("mu_prior", dist.Normal(3., 1.).log_prob(mu[0]) + dist.Normal(10., 1.).log_prob(mu[1]))
     # forward algorithm: log_alpha[k] = log p(y_1..y_t, z_t = k)
     log_theta = theta.log()
-    log_alpha = dist.Normal(mu, 1.).log_prob(y[0])
-    for t in range(1, len(y)):
-        log_alpha = torch.logsumexp(log_alpha.unsqueeze(-1) + log_theta, -2) + dist.Normal(mu, 1.).log_prob(y[t])
+    log_obs = dist.Normal(mu, 1.).log_prob(y.unsqueeze(-1))  # (N, K)
+    log_alpha = log_obs[0]
+    for log_obs_t in log_obs[1:].unbind(0):
+        log_alpha = torch.logsumexp(log_alpha.unsqueeze(-1) + log_theta, -2) + log_obs_t
     pyro.factor("y", torch.logsumexp(log_alpha, -1))
 
 
