@@ -62,9 +62,9 @@ class PosteriorDB:
         self.commit = commit
 
     def _git_commit(self) -> str:
-        git_dir = self.path if self.is_git else self.path / ".git"
+        where = ["--git-dir", str(self.path)] if self.is_git else ["-C", str(self.path)]
         try:
-            out = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "HEAD"],
+            out = subprocess.run(["git", *where, "rev-parse", "HEAD"],
                                  check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as e:
             raise SystemExit(f"cannot read the posteriordb commit of {self.path} ({e}); pass --commit")
