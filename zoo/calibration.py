@@ -304,7 +304,7 @@ def _plot_histograms(matrix: pd.DataFrame, tests: pd.DataFrame, num_draws: int, 
     prob = width / (num_draws + 1)
     lo, hi = stats.binom.interval(0.99, n, prob)
     cols = list(matrix.columns)
-    fig, axes = plt.subplots(1, len(cols), squeeze=False, figsize=(3.6 * len(cols), 3.0))
+    fig, axes = plt.subplots(1, len(cols), squeeze=False, figsize=(max(5.0, 3.6 * len(cols)), 3.4))
     p_values = dict(zip(tests["scalar"], tests["p_value"]))
     for col, ax in zip(cols, axes[0]):
         counts = np.bincount(of_rank[matrix[col].to_numpy(dtype=int)], minlength=num_bins)
@@ -312,13 +312,14 @@ def _plot_histograms(matrix: pd.DataFrame, tests: pd.DataFrame, num_draws: int, 
         ax.fill_between(np.append(starts, num_draws + 1), np.append(lo, lo[-1]), np.append(hi, hi[-1]),
                         step="post", color="grey", alpha=0.25, label="99% per bin if uniform")
         ax.step(np.append(starts, num_draws + 1), np.append(n * prob, n * prob[-1]), where="post",
-                color="k", lw=1)
+                color="k", lw=1, label="expected if uniform")
         ax.set_title(f"{col}  (p = {p_values[col]:.2g})")
         ax.set_xlabel(f"rank among {num_draws} draws")
     axes[0][0].set_ylabel("simulations")
-    axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend below the panels hides no bar
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
     plt.close(fig)
     return out
