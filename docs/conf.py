@@ -42,7 +42,7 @@ nb_merge_streams = True
 nb_output_stderr = "remove"  # warnings a run printed; the notebooks filter the expected ones
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "none"  # numpydoc shows the types from the docstrings
+autodoc_typehints = "signature"  # the docstrings describe, the signatures type
 autodoc_default_options = {"members": True, "undoc-members": False}
 numpydoc_show_class_members = False
 numpydoc_validation_checks: set[str] = set()
@@ -59,11 +59,12 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": [],
 }
-html_sidebars = {"index": [], "getting-started": []}
+html_sidebars = {"index": [], "getting-started": [], "benchmarks": []}
 html_show_sourcelink = False
 
 
 def setup(app):  # noqa: ANN001, ANN201
     app.connect("builder-inited", lambda app: pages.write_all(HERE))
+    # before numpydoc (priority 500) parses the sections
     app.connect("autodoc-process-docstring", lambda app, what, name, obj, options, lines:
-                lines.__setitem__(slice(None), pages.plain_docstring(lines)))
+                lines.__setitem__(slice(None), pages.plain_docstring(lines)), priority=100)

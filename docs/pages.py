@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -32,21 +31,37 @@ PERF_JSON = ROOT / "benchmarks" / "results" / "perf.json"
 SBC_REPORT = ROOT / "benchmarks" / "results" / "sbc_report.jsonl"
 
 
+NUMPYDOC_SECTIONS = {"Parameters", "Returns", "Yields", "Raises", "Attributes", "Other Parameters", "Warns"}
+
+
 def plain_docstring(lines: list[str]) -> list[str]:
-    """The zoo's docstrings are written as plain text with numpy-style sections: outside
-    literal blocks (after ``::``) and ````code```` spans, ``|x|`` is an absolute value, not an
-    RST substitution, and ``(S, *shape)`` a star, not the start of emphasis."""
-    out, literal_indent = [], None
-    for line in lines:
+    """The zoo's docstrings are plain text with numpy-style sections; make them read so in RST.
+
+    Outside literal blocks (after ``::``) and ````code```` spans, ``|x|`` is an absolute
+    value, not a substitution, and ``(S, *shape)`` a star, not the start of emphasis. In a
+    section such as Parameters, the zoo writes ``name : what it is`` (a description; the
+    types are in the signature), which numpydoc would show as a type: it becomes ``name``
+    with the description indented below it.
+    """
+    out, literal_indent, section_indent = [], None, None
+    for i, line in enumerate(lines):
         indent = len(line) - len(line.lstrip())
         if literal_indent is not None and line.strip() and indent <= literal_indent:
             literal_indent = None
+        if line.strip() in NUMPYDOC_SECTIONS and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+            section_indent = indent
+        elif section_indent is not None and line.strip() and indent < section_indent:
+            section_indent = None
         if literal_indent is None and line.strip():
             parts = re.split(r"(``.*?``|`[^`]*`)", line)
             parts[::2] = [re.sub(r"(?<=[\s(\[])\*(?=\w)", r"\\*", re.sub(r"\|", r"\\|", p)) for p in parts[::2]]
             line = "".join(parts)
             if line.rstrip().endswith("::"):
                 literal_indent = indent
+            item = re.match(r"^(\s*)([\w*\\, ]+?) : (.+)$", line)
+            if section_indent is not None and indent == section_indent and item:
+                out += [item.group(1) + item.group(2), item.group(1) + "    " + item.group(3)]
+                continue
         out.append(line)
     return out
 
@@ -66,12 +81,12 @@ def write_if_changed(path: Path, text: str) -> None:
 
 
 def copy_notebooks(docs: Path) -> None:
-    """The executed notebooks, as pytest left them, into ``docs/notebooks``."""
+    """The executed notebooks, as pytest left them, into ``docs/notebooks``; the pages drop
+    the right-hand sidebar so that code, tables and figures get the width."""
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        target = docs / "notebooks" / nb.name
-        target.parent.mkdir(exist_ok=True)
-        if not target.exists() or target.read_bytes() != nb.read_bytes():
-            shutil.copyfile(nb, target)
+        content = json.loads(nb.read_text())
+        content["metadata"]["html_theme.sidebar_secondary.remove"] = True
+        write_if_changed(docs / "notebooks" / nb.name, json.dumps(content, indent=1, ensure_ascii=False) + "\n")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -84,12 +99,14 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def story(doc: str) -> str:
-    """A model's docstring as Markdown: ``Title::`` blocks become fenced text blocks."""
+    """A model's docstring as Markdown: ``Title::`` blocks become fenced text blocks (a
+    ``Generative story::`` title is dropped: the page's heading says it)."""
     lines, out, i = doc.splitlines(), [], 0
     while i < len(lines):
         line = lines[i]
         if line.rstrip().endswith("::"):
-            out.append(line.rstrip()[:-1])
+            if line.strip() != "Generative story::":  # the page's heading says it already
+                out.append(line.rstrip()[:-1])
             i += 1
             block = []
             while i < len(lines) and (not lines[i].strip() or lines[i].startswith("    ")):
@@ -168,7 +185,7 @@ def gallery_page(name: str, docs: Path) -> str:
                           for k, h in spec.hyper.items()])
     doc = spec.doc
     title, _, rest = doc.partition("\n")
-    parts = [f"# `{name}`", "", f"**Seed section:** {spec.seed_section}", "", title, "",
+    parts = ["---", "html_theme.sidebar_secondary.remove: true", "---", "", f"# `{name}`", "", f"**Seed section:** {spec.seed_section}", "", title, "",
              "## Generative story", "", story(rest.strip()), "",
              "## Data and latent sites", "", markdown_table(data) if len(data) else "(no data keys)", "",
              f"Global latent sites (scored in the tables): {', '.join(f'`{s}`' for s in spec.latent_sites) or 'none'}."

@@ -27,7 +27,7 @@
 # shows what an approximate back-end gets right and where it goes wrong, against an
 # independent reference (scikit-learn, a closed form, the Kalman smoother).
 #
-# The notebook runs at the settings a reader gets; it takes two to three minutes.
+# The notebook runs at the settings a reader gets; its last cell prints how long it took.
 
 # %%
 import warnings

@@ -31,7 +31,7 @@
 # prior, score-function gradients with a variance a thousand times their mean, a flow that
 # gives one held-out point an absurd density, and a likelihood that cannot learn a normaliser.
 #
-# The notebook runs at the settings a reader gets; it takes about a minute.
+# The notebook runs at the settings a reader gets; its last cell prints how long it took.
 
 # %%
 import warnings

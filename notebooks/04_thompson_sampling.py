@@ -26,8 +26,8 @@
 # conjugate posterior is cheap enough to update after every round, and drawing from it is a
 # way to decide what to try next.
 #
-# The notebook runs at the settings a reader gets (50 seeds of 5000 rounds); it takes about
-# half a minute.
+# The notebook runs at the settings a reader gets (50 seeds of 5000 rounds); its last
+# cell prints how long it took.
 
 # %%
 import warnings

@@ -36,8 +36,8 @@
 # bins of at least 5 expected ranks (Bonferroni over the scalars) and draws rank histograms
 # and ECDF-difference plots with simultaneous bands (Säilynoja et al. 2022).
 #
-# The notebook runs at the settings a reader gets (200 simulations, ranks among 99 draws); it
-# takes about half a minute.
+# The notebook runs at the settings a reader gets (200 simulations, ranks among 99 draws);
+# its last cell prints how long it took.
 
 # %%
 import warnings

@@ -23,7 +23,7 @@ def test_every_registered_model_gets_a_gallery_page(tmp_path):
     for name in zoo.list_models():
         page = (tmp_path / "gallery" / f"{name}.md").read_text()
         spec = zoo.get_model(name)
-        assert page.startswith(f"# `{name}`") and spec.seed_section in page
+        assert f"\n# `{name}`\n" in page and spec.seed_section in page
         assert f"({name}.md)" in index
         for key in spec.data:
             assert f"`{key}`" in page
@@ -59,6 +59,10 @@ def test_benchmark_page_renders_what_is_present_and_names_what_is_missing(tmp_pa
         '{"model": "m", "backend": "svi", "verdict": "FAILED", "min_p": 1e-05, "simulations": 40}\n')
     page = pages.benchmark_page()
     assert page.count("Missing:") == 1 and "| m | pass | FAIL |" in page
+    (tmp_path / "perf.json").write_text('{"settings": {"num_samples": 500}, "seed": 0, "machine": "x", '
+                                        '"rows": [{"model": "m", "backend": "nuts", "ess_per_second": 12.5}], "peer": []}')
+    page = pages.benchmark_page()
+    assert "Missing:" not in page and "| m | nuts | 12.5 |" in page
 
 
 def test_docstrings_are_plain_text_outside_literal_blocks():
@@ -70,5 +74,14 @@ def test_docstrings_are_plain_text_outside_literal_blocks():
 
 
 def test_a_docstring_story_becomes_a_fenced_block():
-    text = pages.story("Generative story::\n\n    x ~ Normal(0, 1)\n    y = x\n\nAfter.")
-    assert text == "Generative story:\n\n```text\nx ~ Normal(0, 1)\ny = x\n```\n\nAfter."
+    text = pages.story("Draws::\n\n    x ~ Normal(0, 1)\n    y = x\n\nAfter.")
+    assert text == "Draws:\n\n```text\nx ~ Normal(0, 1)\ny = x\n```\n\nAfter."
+    assert pages.story("Generative story::\n\n    x ~ N\n").startswith("\n```text\nx ~ N")
+
+
+def test_numpy_sections_written_as_name_colon_description_become_items():
+    lines = ["Run it.", "", "Parameters", "----------", "name : model name (`list_models`).",
+             "seed : the same seed", "    gives the same numbers.", "**options : back-end options."]
+    assert pages.plain_docstring(lines) == [
+        "Run it.", "", "Parameters", "----------", "name", "    model name (`list_models`).",
+        "seed", "    the same seed", "    gives the same numbers.", "**options", "    back-end options."]
