@@ -57,11 +57,14 @@ def run_model(name: str, out: Path) -> dict:
         run_by_default = [b for k, b in registry.backends_for(spec).items() if k not in spec.backends.skip_by_default]
         accepted = {k: v for k, v in SETTINGS.items() if any(k in b.options for b in run_by_default)}
         cmp = zoo.compare(name, seed=0, progress=False, **accepted)
-        figures = [p.name for p in cmp.plot(out)]
+        try:
+            figures, plot_error = [p.name for p in cmp.plot(out)], None
+        except Exception as e:  # noqa: BLE001 - the page says the plot failed and why
+            figures, plot_error = [], f"{type(e).__name__}: {e}"
     write_text(out / "table.csv", cmp.table.to_csv(index=False))
     write_text(out / "scalars.csv", cmp.scalars.to_csv(index=False))
     meta = {"model": name, "settings": accepted, "seed": 0, "wall_seconds": round(time.perf_counter() - start, 1),
-            "figures": figures, "python": platform.python_version(), "machine": platform.platform(),
+            "figures": figures, "plot_error": plot_error, "python": platform.python_version(), "machine": platform.platform(),
             "versions": {"pyro": pyro.__version__, "torch": torch.__version__, "arviz": arviz.__version__}}
     write_text(out / "run.json", json.dumps(meta, indent=1))
     return meta

@@ -169,6 +169,8 @@ def comparison_section(name: str, files: Path) -> str:
     if notes:
         parts += ["Notes and back-ends that did not run:", ""]
         parts += [f"- `{b}`: {n}" for b, n in notes] + [""]
+    if meta.get("plot_error"):
+        parts += [f"`Comparison.plot` failed on this model: `{meta['plot_error']}`.", ""]
     for fig in meta.get("figures", []):
         parts += [f"```{{image}} /{GALLERY_FILES}/{name}/{fig}", f":alt: {name}: {fig[:-4]} plot", "```", ""]
     return "\n".join(parts)
