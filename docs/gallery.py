@@ -35,6 +35,7 @@ matplotlib.use("Agg")  # a script, not the library: no display needed
 import arviz  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo import registry  # noqa: E402
@@ -46,11 +47,14 @@ OUT = HERE / "gallery" / "files"
 # iterations for the samplers, SVI capped at 2000 steps. The deep models' own estimators
 # train for `num_steps` too.
 SETTINGS = {"num_samples": 300, "num_warmup": 300, "num_steps": 2000}
+MAX_HEIGHT = 4000  # pixels: a figure taller than this does not fit a page
 
 
 def run_model(name: str, out: Path) -> dict:
     """Run ``name``'s default comparison and write its files into ``out``; returns run.json."""
     start = time.perf_counter()
+    for stale in out.glob("*.png"):  # a plot that fails halfway leaves no figure of an older run
+        stale.unlink()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = registry.get_model(name)
@@ -61,13 +65,32 @@ def run_model(name: str, out: Path) -> dict:
             figures, plot_error = [p.name for p in cmp.plot(out)], None
         except Exception as e:  # noqa: BLE001 - the page says the plot failed and why
             figures, plot_error = [], f"{type(e).__name__}: {e}"
+            for half in out.glob("*.png"):
+                half.unlink()
+    figures, left_out = fit_page(out, figures)
     write_text(out / "table.csv", cmp.table.to_csv(index=False))
     write_text(out / "scalars.csv", cmp.scalars.to_csv(index=False))
     meta = {"model": name, "settings": accepted, "seed": 0, "wall_seconds": round(time.perf_counter() - start, 1),
-            "figures": figures, "plot_error": plot_error, "python": platform.python_version(), "machine": platform.platform(),
+            "figures": figures, "figures_left_out": left_out, "plot_error": plot_error, "python": platform.python_version(), "machine": platform.platform(),
             "versions": {"pyro": pyro.__version__, "torch": torch.__version__, "arviz": arviz.__version__}}
     write_text(out / "run.json", json.dumps(meta, indent=1))
     return meta
+
+
+def fit_page(out: Path, figures: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The figures a page can show, and those it cannot (taller than ``MAX_HEIGHT`` pixels:
+    one panel per latent scalar of a model with hundreds of them), which are deleted and
+    named with their size instead."""
+    keep, left_out = [], {}
+    for name in figures:
+        with Image.open(out / name) as im:
+            width, height = im.size
+        if height > MAX_HEIGHT:
+            (out / name).unlink()
+            left_out[name] = f"{width} x {height} px"
+        else:
+            keep.append(name)
+    return keep, left_out
 
 
 def main(argv: list[str] | None = None) -> int:

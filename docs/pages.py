@@ -169,6 +169,8 @@ def comparison_section(name: str, files: Path) -> str:
     if notes:
         parts += ["Notes and back-ends that did not run:", ""]
         parts += [f"- `{b}`: {n}" for b, n in notes] + [""]
+    for fig, size in meta.get("figures_left_out", {}).items():
+        parts += [f"`{fig}` is not shown: at {size} it does not fit a page (one panel per latent scalar).", ""]
     if meta.get("plot_error"):
         parts += [f"`Comparison.plot` failed on this model: `{meta['plot_error']}`.", ""]
     for fig in meta.get("figures", []):
