@@ -64,8 +64,10 @@ START = time.perf_counter()
 # A 潜变量模型 (latent variable model, 004 §3.1) explains each data point $x_i$ through an
 # unobserved $z_i$. For a 混合模型 (mixture model, 004 §2.3.2) $z_i\in\{1,\dots,K\}$ says which
 # 成分 (component) made $x_i$, and the likelihood sums it out (eq 3.4):
+#
 # $$p(x_i\mid\theta)=\sum_k p(x_i\mid z_i=k,\theta)\,p(z_i=k\mid\theta)
 #   =\sum_k \pi_k\,\mathcal N(x_i\mid\mu_k,\mathrm{diag}\,\sigma_k^2).$$
+#
 # **EM** (§3.2) maximises $\log p(X\mid\theta)$ by 区块坐标更新 (block-coordinate updates) on the lower bound
 # $\mathcal L(q,\theta)$ (eq 3.2): the E step sets $q(z_i=k)$ to the exact posterior
 # $p(z_i=k\mid x_i,\theta)$ (eq 3.5, the *responsibilities*), the M step maximises
@@ -308,7 +310,9 @@ assert md["loglik_per_point"] <= md["sklearn_loglik_per_point"] + 0.01  # a cons
 # used in 非参数贝叶斯 (non-parametric Bayesian) statistics. **Stick-breaking** (eq 2.1) builds
 # its weights: break a fraction $V_1\sim\mathrm{Beta}(1,\alpha)$
 # off a stick of length one, then a fraction $V_2$ of what is left, and so on,
+#
 # $$\pi_k=V_k\prod_{j<k}(1-V_j),\qquad \mathbb E[\pi_k]=\frac{1}{1+\alpha}\Big(\frac{\alpha}{1+\alpha}\Big)^{k-1},$$
+#
 # and attach to each weight an atom $\theta_k\sim H$ (eq 2.2). The 浓度参数 (concentration
 # parameter) $\alpha$ sets how the stick is shared. Small $\alpha$: the first few
 # sticks take almost everything; large $\alpha$: many small pieces. The zoo's `dp_mixture`
@@ -436,8 +440,10 @@ plt.show()
 #
 # The notes' SSM (004 §1.4, eq 1.2) is the continuous system $x'(t)=Ax(t)+Bu(t)$,
 # $y(t)=Cx(t)+Du(t)$. Discretised in time and with Gaussian noise it becomes
+#
 # $$x_t=Ax_{t-1}+Bu_t+\varepsilon_t,\ \varepsilon_t\sim\mathcal N(0,Q),\qquad
 #   y_t=Cx_t+Du_t+\eta_t,\ \eta_t\sim\mathcal N(0,R),$$
+#
 # a linear-Gaussian latent variable model whose latent is the whole path $x_{1:T}$. Its
 # posterior is Gaussian and exact: the Kalman filter runs forward (and gives the exact log
 # evidence), the Rauch–Tung–Striebel smoother runs backward for the marginals. The default

@@ -85,12 +85,16 @@ PLOTS = tempfile.mkdtemp()
 # A latent $z_i\in\mathbb R^d$ per data point and a decoder network $\theta$ (eq 3.8, here with
 # a continuous-Bernoulli likelihood for grey pixels in $[0,1]$, the proper density behind
 # eq 3.28's cross-entropy):
+#
 # $$p(X,Z\mid\theta)=\prod_i p(x_i\mid z_i,\theta)\,\mathcal N(z_i\mid 0,I).$$
+#
 # The posterior $p(z_i\mid x_i,\theta)$ has no closed form (eq 3.9), so an *encoder* network
 # $\varphi$ outputs a Gaussian $q(z_i\mid x_i,\varphi)=\mathcal N(\mu_\varphi(x_i),
 # \mathrm{diag}\,\sigma^2_\varphi(x_i))$ (eq 3.11) and both networks maximise the ELBO
 # (eqs 3.14, 3.24)
+#
 # $$\mathcal L(\varphi,\theta)=\mathbb E_{q}\log p(X\mid Z,\theta)-\mathrm{KL}(q(Z\mid X,\varphi)\,\|\,p(Z)),$$
+#
 # with reparameterised draws $z=\mu+\sigma\odot\varepsilon$ (eq 3.23) and the KL in closed
 # form (eq 3.33), $\mathrm{KL}=\tfrac12\sum_j(\mu_j^2+\sigma_j^2-1-\log\sigma_j^2)$.
 # (The notes' eq 3.29 drops the minus sign in front of $\tfrac12\sum_j[1+\log\sigma_j^2-
@@ -194,14 +198,20 @@ for png in vae.plot(vres, os.path.join(PLOTS, "vae")):
 # ## 2. The variational RNN (papers §2.1, eqs 6.2–6.10)
 #
 # A VAE at every time step whose prior, decoder and encoder read an RNN state $h_{t-1}$:
+#
 # $$z_t\sim\mathcal N(\mu_{0,t},\mathrm{diag}\,\sigma_{0,t}^2),\ (\mu_{0,t},\sigma_{0,t})
 # =\varphi^{\text{prior}}(h_{t-1})\quad(6.2, 6.3)$$
+#
 # $$x_t\mid z_t\sim\mathcal N(\mu_{x,t},\mathrm{diag}\,\sigma_{x,t}^2),\ (\mu_{x,t},\sigma_{x,t})
 # =\varphi^{\text{dec}}(\varphi^z(z_t),h_{t-1})\quad(6.4, 6.5)$$
+#
 # $$h_t=f_\theta(\varphi^x(x_t),\varphi^z(z_t),h_{t-1})\quad(6.6)$$
+#
 # and the encoder $q(z_t\mid x_{\le t},z_{<t})=\mathcal N(\varphi^{\text{enc}}(\varphi^x(x_t),
 # h_{t-1}))$ (eqs 6.7–6.9). The objective (eq 6.10) is a sum over steps,
+#
 # $$\mathbb E_q\Big[\sum_t -\mathrm{KL}(q(z_t\mid\cdot)\,\|\,p(z_t\mid\cdot))+\log p(x_t\mid z_{\le t},x_{<t})\Big],$$
+#
 # so the zoo reports it per step (`elbo_per_step`) with its KL part (`kl_per_step`).
 # The data are 32 synthetic sequences of length 15 in $\mathbb R^2$ drawn from a VRNN with
 # fixed random weights (`zoo.simulate("vrnn")`).
