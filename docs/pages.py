@@ -213,8 +213,8 @@ def gallery_pages(docs: Path) -> None:
             t = pd.read_csv(table)
             if "recommended" in t and t["recommended"].eq(True).any():
                 recommended = f"`{t.loc[t['recommended'].eq(True), 'backend'].iloc[0]}`"
-        rows.append({"model": f"[`{name}`]({name}.md)", "seed section": spec.seed_section,
-                     "default back-end": f"`{spec.backends.default[0]}`", "recommended": recommended})
+        rows.append({"model": f"[`{name}`]({name}.md)", "default back-end": f"`{spec.backends.default[0]}`",
+                     "recommended": recommended, "seed section": spec.seed_section})  # prose last: it wraps
     index = ["# Model gallery", "",
              "One page per model of the registry: its generative story and section of the notes, its "
              "data keys and latent sites, the back-ends that apply, and its default comparison with "
