@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 import zoo  # noqa: E402
 from benchmarks.sbc_table import verdict_matrix  # noqa: E402
 from zoo import api, registry, scoring  # noqa: E402
-from zoo.cli import SHORT_COLUMNS, format_value  # noqa: E402
+from zoo.cli import SHORT_COLUMNS, format_value, grouped_notes  # noqa: E402
 from zoo.core.files import jsonable  # noqa: E402
 
 GALLERY_FILES = "gallery/files"  # relative to docs/: what docs/gallery.py writes (committed)
@@ -165,10 +165,10 @@ def comparison_section(name: str, files: Path) -> str:
              f"{{download}}`scalars.csv </{GALLERY_FILES}/{name}/scalars.csv>`.", ""]
     if len(ran):
         parts += [markdown_table(ran[shown]), ""]
-    notes = [(b, n) for b, n, s in zip(table["backend"], note, skipped) if n]
+    notes = grouped_notes(table["backend"], note)
     if notes:
         parts += ["Notes and back-ends that did not run:", ""]
-        parts += [f"- `{b}`: {n}" for b, n in notes] + [""]
+        parts += [f"- {', '.join(f'`{b}`' for b in bs)}: {n}" for n, bs in notes.items()] + [""]
     for fig, size in meta.get("figures_left_out", {}).items():
         parts += [f"`{fig}` is not shown: at {size} it does not fit a page (one panel per latent scalar).", ""]
     if meta.get("plot_error"):

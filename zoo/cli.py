@@ -205,15 +205,25 @@ def print_comparison(table: pd.DataFrame, wide: bool = False) -> None:
     if starred is not None and starred.any():
         print("* recommended: the approximate back-end that passed the accuracy gate in the least time")
     wrap = textwrap.TextWrapper(width=WIDTH, subsequent_indent="    ")
-    notes = [(b, n) for b, n in zip(table["backend"][~skipped], note[~skipped]) if n]
+    notes = grouped_notes(table["backend"][~skipped], note[~skipped])
     if notes:
         print("\nnotes:")
-        for b, n in notes:
-            print(wrap.fill(f"  {b}: {n}"))
+        for n, bs in notes.items():
+            print(wrap.fill(f"  {', '.join(bs)}: {n}"))
     if skipped.any():
         print("\nnot run:")
         for b, n in zip(table["backend"][skipped], note[skipped]):
             print(wrap.fill(f"  {b}: {n}"))
+
+
+def grouped_notes(backends: Any, notes: Any) -> dict[str, list[str]]:
+    """Each distinct non-empty note and the back-ends that carry it, in table order (a note
+    shared by every back-end, such as how draws were relabelled, is shown once)."""
+    out: dict[str, list[str]] = {}
+    for backend, note in zip(backends, notes):
+        if note:
+            out.setdefault(note, []).append(backend)
+    return out
 
 
 def print_diagnostics(diagnostics: dict[str, Any], title: str) -> None:
