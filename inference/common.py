@@ -247,7 +247,10 @@ def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: 
             value, shape = tr.nodes[k]["value"], (n,) + problem.sites[k].shape
             # a site with a single possible value (a one-component mixture) is not enumerated:
             # infer_discrete leaves its value unbroadcast
-            out[k] = (value.reshape(shape) if value.numel() == math.prod(shape) else value.expand(shape)).numpy()
+            if value.numel() != math.prod(shape):
+                value = value.reshape(value.shape[value.dim() - len(shape):] if value.dim() > len(shape) else value.shape)
+                value = value.expand(shape)
+            out[k] = value.reshape(shape).numpy()
         return out
 
     chunks = _batched(problem, num, run)

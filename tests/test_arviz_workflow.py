@@ -201,6 +201,20 @@ def test_predictive_draws_are_the_closed_form_predictives():
     np.testing.assert_array_equal(again.idata.posterior_predictive["x"].values, res.idata.posterior_predictive["x"].values)
 
 
+def test_replicated_mixture_data_draw_their_assignment_afresh():
+    """The log-likelihood of a mixture sums the assignments out, so its replicated data must be
+    the mixture predictive: a point's replicates fall in each component with the component's
+    weight, not with the point's own responsibility (which is about 1 here)."""
+    data, truth = zoo.simulate("gaussian_mixture", seed=0, N=100, D=1, hyper={"K": 2},
+                               truth={"weights": [0.3, 0.7], "locs": [[-10.0], [10.0]], "scales": [[1.0], [1.0]]})
+    res = zoo.run("gaussian_mixture", "em", data=data, hyper={"K": 2}, num_samples=1000, num_chains=2, restarts=1)
+    weights = res.idata.posterior["weights"].values[0, 0]
+    rep = res.idata.posterior_predictive["x"].values[0, :, :, 0]  # (draws, points)
+    share = (rep < 0).mean(0)  # replicates in the left component, per point
+    sd = math.sqrt(weights[0] * (1 - weights[0]) / rep.shape[0])
+    assert np.all(np.abs(share - weights[0]) < 5 * sd), (share.min(), share.max(), weights[0])
+
+
 def _schools(J, sigma, y=None):
     """Non-centred eight schools, as the Pyro tutorials write it."""
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))

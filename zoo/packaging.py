@@ -12,7 +12,8 @@ Groups (`package`):
   summed out, as in a mixture density). Left out for a point estimate.
 - ``posterior_predictive``: data replicated from the model at every draw
   (``Predictive(model, posterior_samples=draws, parallel=True)`` with the observed data sites
-  released, `Released`).
+  released, `Released`); discrete latents (mixture assignments) are drawn afresh, as the
+  log-likelihood sums them out, so that LOO-PIT compares like with like.
 - ``prior``, ``prior_predictive``: latents and data drawn from the model alone. Left out, with
   a note, for a model with an improper (flat) prior or one that cannot simulate its data.
 - ``observed_data`` and ``constant_data`` (the covariates).
@@ -256,7 +257,9 @@ def package(problem: Problem, fit: Fit, posterior: dict[str, np.ndarray], label:
         log_joint, log_lik = log_densities(problem, continuous)
         stats.setdefault("lp", log_joint.reshape(chains, -1))
         determ = replay(problem, problem.model, flat, lay.deterministic, lay.shapes, seed)
-        replicated = _replay_or_note(problem, Released(lay.observed)(problem.model), flat, lay, seed,
+        # replicated data draw the discrete latents afresh, as the log-likelihood sums them out:
+        # a point's assignment, inferred from the point itself, would make its predictive too sharp
+        replicated = _replay_or_note(problem, Released(lay.observed)(problem.model), continuous, lay, seed,
                                      "posterior_predictive", missing)
         local = {k for k in posterior if k not in spec.latent_sites} | set(lay.observed) | set(lay.deterministic)
         rows = spec.scoring.local_rows

@@ -513,11 +513,14 @@ def plot_density(idatas: Mapping[str, az.InferenceData], var_names: Sequence[str
 
 
 def plot_compare(table: pd.DataFrame, title: str) -> Any:
-    """``az.plot_compare``: each model's elpd_loo with its standard error, and the difference
-    to the best model with the standard error of the difference."""
+    """``az.plot_compare``: each model's elpd_loo with its standard error (circles), and its
+    difference to the best model with the standard error of the difference (triangles)."""
     with quiet():
-        ax = az.plot_compare(table, figsize=(FIGURE_WIDTH * 0.7, 1.0 + 0.5 * len(table)), insample_dev=False)
+        ax = az.plot_compare(table, figsize=(FIGURE_WIDTH * 0.75, 1.2 + 0.6 * len(table)), insample_dev=False,
+                             plot_ic_diff=True, legend=True)
+    ax.set_title("")
     ax.set_xlabel("elpd_loo (log predictive density, higher is better)")
+    ax.set_ylabel("")
     return _finish(_figure(ax), title)
 
 
