@@ -121,6 +121,10 @@ class Result:
                 return d.get("loo_note", "no LOO")
             if idata.get("posterior_predictive") is None:
                 return idata.attrs.get("no_posterior_predictive", "no posterior predictive draws")
+            values = [idata.observed_data[v].values for v in idata.observed_data.data_vars]
+            if all(np.array_equal(v, np.round(v)) for v in values):
+                return ("the observations are discrete: their LOO-PIT is not uniform even under a "
+                        "calibrated predictive (use the ppc plot)")
         return None
 
     def plot(self, kind: str, out: str | Path | None = None) -> Any:

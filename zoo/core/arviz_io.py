@@ -339,15 +339,19 @@ def plot_energy(idata: az.InferenceData, title: str) -> Any:
 
 def _aligned(idata: az.InferenceData, group: str) -> az.InferenceData:
     """Observed data restricted to the observations present in ``group`` (a model storing a
-    few rows of its per-observation groups), so the two line up."""
+    few rows of its per-observation groups), so the two line up; counts and labels held as
+    floats become integers in both, so ArviZ draws them as discrete."""
     obs, other = idata.observed_data, idata[group]
-    picked = {}
+    picked, replicated = {}, {}
     for v in obs.data_vars:
         if v in other:
             sel = {d: other[d].values for d in obs[v].dims if d in other[v].dims and other.sizes[d] < obs.sizes[d]}
-            picked[v] = obs[v].sel(sel)
-    out = {g: idata[g] for g in idata.groups() if g != "observed_data"}
-    return az.InferenceData(**out, observed_data=xr.Dataset(picked))
+            picked[v], replicated[v] = obs[v].sel(sel), other[v]
+            if all(np.array_equal(a.values, np.round(a.values)) for a in (picked[v], replicated[v])):
+                picked[v], replicated[v] = picked[v].astype(np.int64), replicated[v].astype(np.int64)
+    out = {g: idata[g] for g in idata.groups() if g not in ("observed_data", group)}
+    return az.InferenceData(**out, observed_data=xr.Dataset(picked),
+                            **{group: other.assign(replicated)})
 
 
 def plot_ppc(idata: az.InferenceData, var_names: Sequence[str], title: str, group: str = "posterior") -> Any:
