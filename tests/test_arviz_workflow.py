@@ -340,9 +340,10 @@ def test_comparison_plots_and_files(tmp_path):
     plt.close(fig)
     with pytest.raises(zoo.ZooError, match="name it, backend="):
         cmp.plot("trace")
-    files = {p.name for p in cmp.plot(tmp_path)}  # the older cmp.plot("out/") writes them all
+    assert {p.name for p in cmp.plot(tmp_path)} == {"forest.png", "density.png", "elbo.png"}  # the older use
+    files = {p.name for p in cmp.save_plots(tmp_path)}  # what compare --out writes
     assert {"forest.png", "density.png", "elbo.png", "trace_hmc.png", "rank_hmc.png", "pair_hmc.png",
-            "ppc_svi.png", "loo_pit_exact.png"} <= files
+            "ppc_svi.png", "loo_pit_exact.png", "prior_ppc.png"} <= files
     assert "rank_svi.png" not in files and "energy_svi.png" not in files
     assert all((tmp_path / f).stat().st_size > 10_000 for f in files)
 

@@ -236,8 +236,8 @@ class Comparison:
             there is one) and ``elbo`` show every back-end side by side; ``trace``, ``rank``,
             ``pair``, ``energy``, ``ppc``, ``prior_ppc`` and ``loo_pit`` show the back-end
             named by ``backend`` (`Result.plot`). A folder instead of a kind (the older
-            ``cmp.plot("out/")``) writes every plot that applies there (`save_plots`) and
-            returns the files.
+            ``cmp.plot("out/")``) writes the side-by-side plots that apply there and returns
+            the files (`save_plots` writes every back-end's plots too).
         out : a ``.png`` path, or a folder for ``<kind>.png``; None writes nothing.
         backend : the back-end label, for the plots of one back-end.
 
@@ -247,7 +247,7 @@ class Comparison:
             saying why the plot does not apply.
         """
         if kind not in RESULT_PLOTS:
-            return self.save_plots(kind)
+            return self.save_plots(kind, each_backend=False)
         where = f"model {self.model!r}: "
         if kind not in COMPARISON_PLOTS or backend is not None:
             if backend is None:
@@ -278,9 +278,10 @@ class Comparison:
             arviz_io.save_figure(fig, out if out.suffix == ".png" else out / f"{kind}.png")
         return fig
 
-    def save_plots(self, out: str | Path) -> list[Path]:
+    def save_plots(self, out: str | Path, each_backend: bool = True) -> list[Path]:
         """Every plot that applies, as PNG files in ``out``: ``forest``, ``density`` and
-        ``elbo`` over all back-ends, and ``<kind>_<backend>.png`` for each back-end's plots."""
+        ``elbo`` over all back-ends and, with ``each_backend``, ``prior_ppc.png`` (the same
+        prior under every back-end) and ``<kind>_<backend>.png`` for each back-end's own plots."""
         import matplotlib.pyplot as plt
 
         out = Path(out)
@@ -289,9 +290,14 @@ class Comparison:
             if self.plot_reason(kind) is None:
                 plt.close(self.plot(kind, out / f"{kind}.png"))
                 files.append(out / f"{kind}.png")
-        for label, result in self.results.items():
+        for result in self.results.values() if each_backend else ():  # the prior: one back-end shows it
+            if result.plot_reason("prior_ppc") is None:
+                plt.close(result.plot("prior_ppc", out / "prior_ppc.png"))
+                files.append(out / "prior_ppc.png")
+                break
+        for label, result in self.results.items() if each_backend else ():
             for kind in RESULT_PLOTS:
-                if kind in COMPARISON_PLOTS or result.plot_reason(kind) is not None:
+                if kind in COMPARISON_PLOTS or kind == "prior_ppc" or result.plot_reason(kind) is not None:
                     continue
                 path = out / f"{kind}_{label.replace(':', '_')}.png"
                 plt.close(result.plot(kind, path))
