@@ -18,6 +18,7 @@ import logging
 import math
 import warnings
 
+import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pyro
@@ -172,6 +173,17 @@ def test_bfmi_min_is_the_formula():
     assert abs(many.mean() - 0.4) < 4 * many.std(ddof=1) / math.sqrt(len(many))
     row = zoo.scoring.table_row("fake", res, zoo.scoring.mixing(res.idata, ["mu"], "mcmc"), None)
     assert row["bfmi_min"] < 0.3 and "BFMI < 0.3" in row["note"]
+
+
+def test_loo_pit_of_vector_observations_is_arviz_loo_pit_coordinate_by_coordinate():
+    """ArviZ's loo_pit needs one PIT per log-likelihood entry; the zoo's path for observations
+    that are vectors gives ArviZ's own numbers when each vector has one coordinate (one chain
+    of independent draws, and Markov chains with their relative ESS)."""
+    problem = prepare(zoo.get_model("normal_known_variance"), zoo.simulate("normal_known_variance", seed=0)[0])
+    chains = execute(problem, _fake_mcmc(problem, {}), {}, 0, "fake")
+    for res in (zoo.run("normal_known_variance", "exact", num_samples=500), chains):
+        arrays = zoo.core.arviz_io.coordinate_pit(res.idata, "x")
+        np.testing.assert_allclose(az.loo_pit(**arrays), az.loo_pit(res.idata, y="x"), rtol=1e-12)
 
 
 def test_no_energy_no_bfmi_and_the_zoo_says_why():

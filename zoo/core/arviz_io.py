@@ -384,14 +384,14 @@ def plot_loo_pit(idata: az.InferenceData, var_names: Sequence[str], title: str) 
             if data.posterior_predictive[var].ndim == data.log_likelihood[var].ndim:
                 az.plot_loo_pit(data, y=var, ecdf=True, ax=ax)
             else:  # an observation is a vector: one PIT per coordinate, under its row's LOO weights
-                az.plot_loo_pit(ecdf=True, ax=ax, **_coordinate_pit(data, var))
+                az.plot_loo_pit(ecdf=True, ax=ax, **coordinate_pit(data, var))
             ax.set_xlabel(f"LOO-PIT of {var}")
             ax.set_ylabel("ECDF - uniform CDF")
             ax.set_title(f"{var}: LOO-PIT")
     return _finish(fig, title)
 
 
-def _coordinate_pit(idata: az.InferenceData, var: str) -> dict[str, np.ndarray]:
+def coordinate_pit(idata: az.InferenceData, var: str) -> dict[str, np.ndarray]:
     """``y``, ``y_hat`` and ``log_weights`` for ``az.plot_loo_pit`` when each observation is a
     vector: every coordinate is a scalar observation whose PIT takes the PSIS-LOO weights of
     its row (the pointwise log-likelihood is per row)."""
