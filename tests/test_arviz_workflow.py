@@ -28,7 +28,7 @@ import torch
 from scipy import stats
 
 import zoo
-from zoo import cli
+from zoo import cli, registry
 from zoo.core.problem import prepare
 from zoo.core.spec import Backend, Fit
 from zoo.inference import svi
@@ -227,6 +227,12 @@ def test_replicated_mixture_data_draw_their_assignment_afresh():
     assert np.all(np.abs(share - weights[0]) < 5 * sd), (share.min(), share.max(), weights[0])
 
 
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Models registered by a test stay in that test (other tests list the registry)."""
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+
+
 def _schools(J, sigma, y=None):
     """Non-centred eight schools, as the Pyro tutorials write it."""
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
@@ -240,7 +246,7 @@ def _schools(J, sigma, y=None):
 SCHOOLS = {"J": 8, "sigma": np.array([15.0, 10, 16, 11, 9, 11, 10, 18]), "y": np.array([28.0, 8, -3, 7, -1, 1, 18, 12])}
 
 
-def test_user_model_dims_from_plates_and_deterministic_sites():
+def test_user_model_dims_from_plates_and_deterministic_sites(own_registry):
     zoo.register("schools_arviz_test", _schools, data=SCHOOLS, overwrite=True)
     res = zoo.run("schools_arviz_test", "svi", num_steps=200, num_samples=100, num_chains=1, progress=False)
     post = res.idata.posterior
@@ -261,7 +267,7 @@ def _regression(X, y=None, vectorised=True):
 
 
 @pytest.mark.parametrize("vectorised", [True, False], ids=["broadcasting", "matmul"])
-def test_deterministic_sites_are_replayed_exactly_with_or_without_broadcasting(vectorised):
+def test_deterministic_sites_are_replayed_exactly_with_or_without_broadcasting(vectorised, own_registry):
     """``X @ w`` does not broadcast against Predictive's outer plate: the zoo replays it one
     draw at a time instead; both give X w at every draw."""
     rng = np.random.default_rng(0)
@@ -281,7 +287,7 @@ def _flat_prior(x=None):
         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
 
 
-def test_an_improper_prior_leaves_out_the_prior_groups_with_the_reason():
+def test_an_improper_prior_leaves_out_the_prior_groups_with_the_reason(own_registry):
     zoo.register("flat_arviz_test", _flat_prior, data={"x": np.array([0.3, -0.2, 1.1, 0.5])}, overwrite=True)
     res = zoo.run("flat_arviz_test", "svi", num_steps=100, num_samples=50, num_chains=1, progress=False)
     assert "prior" not in res.idata.groups() and "prior_predictive" not in res.idata.groups()

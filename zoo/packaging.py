@@ -231,9 +231,9 @@ def traces(diagnostics: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def package(problem: Problem, fit: Fit, posterior: dict[str, np.ndarray], label: str,
-            seed: int) -> tuple[Any, dict[str, str]]:
-    """InferenceData of a fit (module docstring) and a note for every group left out.
+def package(problem: Problem, fit: Fit, posterior: dict[str, np.ndarray], label: str, seed: int) -> Any:
+    """InferenceData of a fit (module docstring); each group left out says why in its
+    attributes (``no_prior``, ``no_log_likelihood``, ...).
 
     Parameters
     ----------
@@ -276,8 +276,7 @@ def package(problem: Problem, fit: Fit, posterior: dict[str, np.ndarray], label:
             groups["prior_predictive"] = _rows(_chains({k: prior[k] for k in lay.observed}, 1), local, rows)
     else:
         missing["posterior"] = "the model has no latent sites (a density model)"
-    if stats:
-        groups["sample_stats"] = stats
+    groups["sample_stats"] = stats  # left out when empty, unless it gets an optimisation trace
     dims = {group: {k: _dims(lay, k, np.shape(v), group) for k, v in values.items()}
             for group, values in groups.items()}
     steps = traces(fit.diagnostics)
@@ -286,7 +285,7 @@ def package(problem: Problem, fit: Fit, posterior: dict[str, np.ndarray], label:
     idata = arviz_io.to_idata(groups, dims, extra, attrs={
         "model": problem.name, "backend": label, "seed": seed, "draws": fit.kind,
         **{f"no_{g}": why for g, why in missing.items()}})
-    return idata, missing
+    return idata
 
 
 def _dims(lay: Layout, name: str, shape: tuple[int, ...], group: str) -> list[str]:

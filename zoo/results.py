@@ -342,7 +342,7 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
         posterior = spec.scoring.relabel(fit.posterior) if spec.scoring.relabel and fit.posterior else fit.posterior
         scores = dict(spec.scoring.diagnose(problem, posterior, dict(truth) if truth else None)) \
             if spec.scoring.diagnose else {}
-        idata, _ = packaging.package(problem, fit, posterior, label, seed)
+        idata = packaging.package(problem, fit, posterior, label, seed)
     sites = scored_sites(problem) if posterior else []
     local = [k for k in problem.sites if k not in spec.latent_sites and not problem.sites[k].discrete]
     diagnostics = scoring.diagnostics(idata, fit.kind, sites, global_sites(problem), fit.diagnostics,

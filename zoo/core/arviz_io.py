@@ -80,8 +80,9 @@ def to_idata(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, 
             named = _unique_dims(values, dims.get(group, {}), offset)
             ds = az.dict_to_dataset(values, dims=named, default_dims=[] if offset == 0 else None,
                                     attrs=dict(attrs or {})) if values else xr.Dataset(attrs=dict(attrs or {}))
-            for k, (v, d) in (extra or {}).get(group, {}).items():
-                ds[k] = xr.DataArray(np.asarray(v), dims=d)
+            for k, (v, d) in (extra or {}).get(group, {}).items():  # steps counted from 1
+                v = np.asarray(v)
+                ds[k] = xr.DataArray(v, dims=d, coords={name: np.arange(1, n + 1) for name, n in zip(d, v.shape)})
             datasets[group] = ds
         idata = az.InferenceData(**datasets)
     idata.attrs.update(dict(attrs or {}))
