@@ -34,13 +34,12 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer import Predictive
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
 from zoo.core import arviz_io
-from zoo.core.problem import DTYPE, Problem
+from zoo.core.problem import DTYPE, Problem, trace_model
 from zoo.core.spec import Fit
 from zoo.inference.common import log_densities, padded, seed_all
 
@@ -111,8 +110,7 @@ def _is_improper(fn: Any) -> bool:
 def layout(problem: Problem) -> Layout:
     """Trace the model once on its data and name every site's dimensions (module docstring)."""
     spec = problem.spec
-    with torch.no_grad(), pyro.validation_enabled(False):
-        tr = poutine.trace(problem.model).get_trace()
+    tr = trace_model(spec, problem.data, problem.hyper)  # as validation traced it
     sites = {k: s for k, s in tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
     deterministic = tuple(k for k, s in sites.items() if s["infer"].get("_deterministic"))
     observed = tuple(k for k, s in sites.items() if s["is_observed"] and k not in deterministic
