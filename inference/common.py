@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -237,10 +239,19 @@ def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: 
                 return conditioned()
 
         fn = infer_discrete(model, first_available_dim=-(base + 1), temperature=temperature)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # a one-valued site: nothing to enumerate
+            warnings.filterwarnings("ignore", message="infer_discrete found no sample sites")
             tr = poutine.trace(fn).get_trace()
-        return {k: tr.nodes[k]["value"].reshape((n,) + problem.sites[k].shape).numpy()
-                for k in problem.discrete_sites}
+        out = {}
+        for k in problem.discrete_sites:
+            value, shape = tr.nodes[k]["value"], (n,) + problem.sites[k].shape
+            # a site with a single possible value (a one-component mixture) is not enumerated:
+            # infer_discrete leaves its value unbroadcast
+            if value.numel() != math.prod(shape):
+                value = value.reshape(value.shape[value.dim() - len(shape):] if value.dim() > len(shape) else value.shape)
+                value = value.expand(shape)
+            out[k] = value.reshape(shape).numpy()
+        return out
 
     chunks = _batched(problem, num, run)
     return {k: np.concatenate([c[k] for c in chunks]) for k in problem.discrete_sites}

@@ -49,6 +49,7 @@ def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles
         diagnostics={"log_evidence": log_evidence, "weight_ess": float(1 / np.sum(w**2)),
                      "pareto_k": arviz_io.pareto_k(log_w[finite]), "proposal": proposal,
                      "num_particles": num_particles},
+        kind="resampled",
     )
 
 

@@ -413,6 +413,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "D"), support=constraints.real)},
     latent_sites=("sticks", "locs"),
+    dims={"sticks": ("stick",), "locs": ("cluster", "D")},
     hyper={
         "T": Hyper(10, constraints.positive_integer),
         "alpha": Hyper(1.0, constraints.positive),

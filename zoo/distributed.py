@@ -150,7 +150,7 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
     seconds = time.perf_counter() - start
     fit = Fit(posterior=to_chains(draws, num_chains),
               diagnostics={"elbo_trace": trace, "steps": num_steps, "guide": guide, "processes": world,
-                           "note": f"data-parallel SVI over {world} process(es)"})
+                           "note": f"data-parallel SVI over {world} process(es)"}, kind="independent")
     backend = Backend(name="svi", fit=lambda problem, seed: fit, options={})
     result = execute(full, backend, {}, seed, f"svi (data-parallel x{world})")
     result.seconds = seconds
