@@ -1,7 +1,10 @@
 # ---
 # jupyter:
+#   execution:
+#     timeout: 300
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: execution
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -37,11 +40,8 @@
 # the **stacking weights** (Yao et al. 2018): the weights of the mixture of the models'
 # predictive distributions that predicts best under LOO. They are not posterior model
 # probabilities: two models that predict equally well can share the weight.
-#
-# Set `ZOO_SMOKE=1` for a quick run (fewer steps and draws, same assertions).
 
 # %%
-import os
 import time
 import warnings
 
@@ -59,12 +59,10 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 pd.set_option("display.width", 200)
 pd.set_option("display.precision", 3)
 
-SMOKE = os.environ.get("ZOO_SMOKE", "0") == "1"
-MIXTURE = dict(num_steps=300 if SMOKE else 600, converge=False, num_samples=150 if SMOKE else 250)
-NUTS = dict(num_samples=300, num_warmup=200) if SMOKE else dict(num_samples=500, num_warmup=300)
+MIXTURE = dict(num_steps=600, converge=False, num_samples=250)
+NUTS = dict(num_samples=500, num_warmup=300)
 COLUMNS = ["rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight", "loo_k_bad", "seconds"]
 START = time.perf_counter()
-print(f"smoke mode: {SMOKE}")
 
 # %% [markdown]
 # ## 1. PSIS-LOO against the exact leave-one-out predictive
