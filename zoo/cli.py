@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--data", help=".npz or .json file of named arrays (default: simulated)")
     run = sub.add_parser("run", parents=[common], help="run one back-end")
-    run.add_argument("--backend", default="nuts")
+    run.add_argument("--backend", help="back-end (default: the model's own default, e.g. exact)")
     compare = sub.add_parser("compare", parents=[common], help="compare back-ends against the exact posterior")
     compare.add_argument("--backends", help="comma-separated labels (default: all of the model's)")
     calib = sub.add_parser("sbc", parents=[common, fanout],
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print(res.summary().to_string())
             print(f"seconds: {res.seconds:.3f}")
             if args.out:
-                print("wrote", res.save(Path(args.out) / f"{args.name}_{args.backend}.nc"))
+                print("wrote", res.save(Path(args.out) / f"{args.name}_{res.backend.replace(':', '_')}.nc"))
             return 0
         backends = args.backends.split(",") if args.backends else None
         cmp = api.compare(args.name, backends, data=data, seed=args.seed, hyper=hyper,

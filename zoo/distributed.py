@@ -44,7 +44,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 
 from zoo import api, registry
 from zoo.core.errors import InferenceError, ZooError
-from zoo.core.problem import Problem, prepare, trace_model
+from zoo.core.problem import Problem, float64, prepare, trace_model
 from zoo.core.spec import Backend, Fit
 from zoo.inference import svi
 from zoo.inference.common import (
@@ -122,7 +122,7 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
             return part.model()
 
     start = time.perf_counter()
-    with single_thread():
+    with single_thread(), float64():
         seed_all(seed)
         pyro.clear_param_store()
         q = svi.GUIDES[guide](model, init_loc_fn=init_to_value(values=init_values(full, seed)))
