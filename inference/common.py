@@ -301,6 +301,29 @@ def init_values(problem: Problem, seed: int) -> dict[str, torch.Tensor]:
                    f"in 100 tries of {rules}; the data may be impossible under the model")
 
 
+def optimiser_start(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.Tensor]:
+    """Where an optimiser (svi's guide) starts: the prior draw with the highest log joint among
+    ``num`` draws, continuous sites only (the discrete ones summed out).
+
+    Unlike MCMC chains (`init_values`, Stan's rule), an optimiser wants to start near a good
+    mode rather than dispersed: from Stan's uniform(-2, 2) start, SVI on ``gaussian_mixture``'s
+    default data (seed 0) stopped at a merged-component optimum (log-likelihood -9.87 per point
+    against scikit-learn's -3.76), and from the best prior draw it reaches -3.76. A model with
+    a flat prior has no prior to draw from: it starts by Stan's rule.
+    """
+    if problem.improper:
+        return init_values(problem, seed)
+    seed_all(seed)
+    draws = {k: v for k, v in sample_vectorised(problem, prior(problem), num).items()
+             if k not in problem.discrete_sites}
+    log_joint, _ = log_densities(problem, draws)
+    if not np.isfinite(log_joint).any():
+        raise ZooError(f"model {problem.name!r}: none of {num} prior draws has positive density "
+                       "on this data; the data may be impossible under the model")
+    best = int(np.nanargmax(np.where(np.isfinite(log_joint), log_joint, -np.inf)))
+    return {k: torch.as_tensor(v[best], dtype=DTYPE) for k, v in draws.items()}
+
+
 def importance_weights(problem: Problem, proposal: Callable[[], Any], num: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Log weights log p(data, z) - log q(z) of ``num`` proposal draws z, and the draws.
 
