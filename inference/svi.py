@@ -36,8 +36,8 @@ from zoo.inference.common import (
     complete_draws,
     enumerated,
     importance_weights,
-    init_values,
     needs_continuous,
+    optimiser_start,
     run_key,
     sample_vectorised,
     seed_all,
@@ -85,7 +85,7 @@ def train(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float,
         q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
         q = GUIDES[guide](poutine.block(problem.model, hide=discrete) if discrete else problem.model,
-                          init_loc_fn=init_to_value(values=init_values(problem, seed)))
+                          init_loc_fn=init_to_value(values=optimiser_start(problem, seed)))
     optim = ClippedAdam({"lr": lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)})
     plateau = _Schedule(lr, lr * lr_decay, num_steps) if converge else None
     elbo = TraceEnum_ELBO if discrete else Trace_ELBO

@@ -240,7 +240,7 @@ def _schools(J, sigma, y=None):
     with pyro.plate("school", J):
         eta = pyro.sample("eta", dist.Normal(0.0, 1.0))
         theta = pyro.deterministic("theta", mu + tau * eta)
-        pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
 SCHOOLS = {"J": 8, "sigma": np.array([15.0, 10, 16, 11, 9, 11, 10, 18]), "y": np.array([28.0, 8, -3, 7, -1, 1, 18, 12])}
@@ -253,8 +253,8 @@ def test_user_model_dims_from_plates_and_deterministic_sites(own_registry):
     assert post["eta"].dims == ("chain", "draw", "school") and post["theta"].dims == ("chain", "draw", "school")
     np.testing.assert_allclose(post["theta"].values, post["mu"].values[..., None] + post["tau"].values[..., None] * post["eta"].values)
     for group in ("observed_data", "log_likelihood", "posterior_predictive", "prior_predictive"):
-        assert list(res.idata[group].data_vars) == ["obs"], group  # the deterministic site is not data
-    assert res.idata.log_likelihood["obs"].dims == ("chain", "draw", "school")
+        assert list(res.idata[group].data_vars) == ["y"], group  # the deterministic site is not data
+    assert res.idata.log_likelihood["y"].dims == ("chain", "draw", "school")
     assert set(res.idata.constant_data.data_vars) == {"J", "sigma"}
     assert "theta" in res.idata.prior
 

@@ -89,32 +89,12 @@ class Released(UnconditionMessenger):
             super()._pyro_sample(msg)
 
 
-def _is_factor(fn: Any) -> bool:
-    while fn is not None:
-        if isinstance(fn, dist.Unit):
-            return True
-        fn = getattr(fn, "base_dist", None)
-    return False
-
-
-def _is_improper(fn: Any) -> bool:
-    while fn is not None:
-        if isinstance(fn, dist.ImproperUniform):
-            return True
-        if isinstance(fn, dist.MaskedDistribution) and isinstance(fn._mask, bool) and not fn._mask:
-            return True
-        fn = getattr(fn, "base_dist", None)
-    return False
-
-
 def layout(problem: Problem) -> Layout:
     """Trace the model once on its data and name every site's dimensions (module docstring)."""
     spec = problem.spec
     tr = trace_model(spec, problem.data, problem.hyper)  # as validation traced it
     sites = {k: s for k, s in tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
-    deterministic = tuple(k for k, s in sites.items() if s["infer"].get("_deterministic"))
-    observed = tuple(k for k, s in sites.items() if s["is_observed"] and k not in deterministic
-                     and not _is_factor(s["fn"]))
+    deterministic, observed = problem.deterministic, problem.observed  # site kinds as validation found them
     declared = {k: tuple(v.dims) for k, v in spec.data.items() if spec.source != "user"}
     declared.update(spec.dims)
 
@@ -151,11 +131,10 @@ def layout(problem: Problem) -> Layout:
     for k, arr in problem.np_data.items():  # covariates, and data keys no site reads whole
         if k not in dims:
             dims[k] = [declared[k][i] if i < len(declared.get(k, ())) else f"{k}_dim_{i}" for i in range(np.ndim(arr))]
-    improper = tuple(k for k, s in sites.items() if not s["is_observed"] and _is_improper(s["fn"]))
     values = {k: problem.np_data[k] if k in problem.np_data else sites[k]["value"].detach().numpy() for k in observed}
     data_keys = tuple(k for k, v in problem.data.items()  # data keys observed (under a site name of their own)
                       if k in observed or any(sites[o]["value"] is v for o in observed))
-    return Layout(observed, deterministic, dims, shapes, batch_ndim, improper, values, data_keys)
+    return Layout(observed, deterministic, dims, shapes, batch_ndim, problem.improper, values, data_keys)
 
 
 def _samples(problem: Problem, draws: Mapping[str, np.ndarray], parallel: bool) -> dict[str, torch.Tensor]:

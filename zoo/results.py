@@ -20,7 +20,7 @@ from zoo import packaging, scoring
 from zoo.core import arviz_io
 from zoo.core.errors import ZooError
 from zoo.core.files import write_text
-from zoo.core.problem import Problem
+from zoo.core.problem import Problem, float64
 from zoo.core.spec import Backend, ExactPosterior
 from zoo.inference.common import single_thread
 
@@ -330,12 +330,15 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
             truth: Mapping[str, Any] | None = None) -> Result:
     """Run ``backend`` on ``problem`` with validated ``options`` and package what it returns.
 
-    The fit alone is timed. Its draws are relabelled (`Scoring.relabel`), scored by the
-    model's own scores, packed into InferenceData with every group (`zoo.packaging`) and
-    diagnosed for their kind (`zoo.scoring.diagnostics`); divergences raise a warning.
+    Everything runs in float64 (`zoo.core.problem.float64`). The fit alone is timed. Its draws
+    are relabelled (`Scoring.relabel`), scored by the model's own scores, packed into
+    InferenceData with every group (`zoo.packaging`) and diagnosed for their kind
+    (`zoo.scoring.diagnostics`). Divergences, and for Markov chains an r_hat above 1.01 or a
+    bulk ESS below 100 per chain (`zoo.scoring.mixing_warnings`), raise a warning and are
+    listed in ``diagnostics["warnings"]``.
     """
     spec = problem.spec
-    with single_thread():
+    with single_thread(), float64():
         start = time.perf_counter()
         fit = backend.fit(problem, seed=seed, **options)
         seconds = time.perf_counter() - start
@@ -348,9 +351,16 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
     diagnostics = scoring.diagnostics(idata, fit.kind, sites, global_sites(problem), fit.diagnostics,
                                       conditional_on=local if global_sites(problem) else [])
     diagnostics.update(fit.diagnostics, **scores)
+    found = []
     if diagnostics.get("divergences"):
-        warnings.warn(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
-                      "divergent transitions; the draws may be biased", RuntimeWarning, stacklevel=3)
+        found.append(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
+                     "divergent transitions; the draws may be biased")
+    if fit.kind == "mcmc" and posterior:
+        found += scoring.mixing_warnings(problem.name, label, diagnostics, idata.posterior.sizes["chain"])
+    for message in found:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if found:
+        diagnostics["warnings"] = list(diagnostics.get("warnings", [])) + found
     return Result(problem.name, label, idata, seconds, diagnostics,
                   {k: v for k, v in options.items() if k != "progress"}, seed,
                   {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()},

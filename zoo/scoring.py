@@ -15,6 +15,7 @@ lowest per-chain BFMI of Hamiltonian samplers that record their energy.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,27 @@ def mixing(idata: Any, sites: list[str], kind: str, weight_ess: float | None = N
     constant = scalars["ess_bulk"].isna() if kind != "point" else True  # no spread, no ESS
     return scalars.assign(ess_bulk=np.where(constant, np.nan, ess), ess_tail=np.where(constant, np.nan, ess),
                           r_hat=np.nan)
+
+
+R_HAT_MAX = 1.01  # Vehtari et al. (2021)
+ESS_PER_CHAIN_MIN = 100
+
+
+def mixing_warnings(model: str, label: str, diagnostics: Mapping[str, Any], chains: int) -> list[str]:
+    """The warning for Markov chains that have not mixed (Vehtari et al. 2021): r_hat above
+    1.01 or bulk ESS below 100 per chain, with the numbers; an empty list when they are fine.
+    A bulk ESS that is NaN (a chain that never moved) counts as too low."""
+    r_hat, ess = diagnostics.get("r_hat_max", np.nan), diagnostics.get("ess_bulk_min", np.nan)
+    poor = []
+    if r_hat > R_HAT_MAX:
+        poor.append(f"r_hat {r_hat:.3f} > {R_HAT_MAX}")
+    if not ess >= ESS_PER_CHAIN_MIN * chains:
+        poor.append(f"bulk ESS {ess:.0f} < {ESS_PER_CHAIN_MIN} per chain ({ESS_PER_CHAIN_MIN * chains} "
+                    f"for {chains} chain{'s' if chains > 1 else ''})")
+    if not poor:
+        return []
+    return [f"model {model!r}, back-end {label!r}: {' and '.join(poor)}: the chains have not mixed "
+            "(Vehtari et al. 2021); run more warm-up and draws, or reparameterise the model"]
 
 
 def diagnostics(idata: Any, kind: str, sites: list[str], global_sites: list[str], measured: dict[str, Any],
