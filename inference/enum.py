@@ -60,7 +60,7 @@ def _only_discrete(problem: Problem, *, seed: int, num_samples: int, num_chains:
             values.append(t.nodes[k]["value"].numpy())
     return Fit(posterior=to_chains({k: np.stack(v) for k, v in draws.items()}, num_chains),
                diagnostics={"elbo": log_evidence, "log_evidence": log_evidence,
-                            "note": "no continuous latents: exact enumeration"})
+                            "note": "no continuous latents: exact enumeration"}, kind="independent")
 
 
 def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps: int, lr: float,
@@ -82,8 +82,9 @@ def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps:
     if guide == "delta":
         diagnostics["note"] = "MAP point estimate of the continuous sites: no ELBO"
     else:
-        diagnostics["elbo"], diagnostics["iwae"] = svi.elbo_estimate(problem, q, num_elbo_particles)
-    return Fit(posterior=to_chains(draws, num_chains), diagnostics=diagnostics)
+        diagnostics["elbo"], diagnostics["iwae"], diagnostics["pareto_k"] = svi.elbo_estimate(problem, q, num_elbo_particles)
+    return Fit(posterior=to_chains(draws, num_chains), diagnostics=diagnostics,
+               kind="point" if guide == "delta" else "independent")
 
 
 BACKEND = Backend(

@@ -27,6 +27,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
+from zoo.core import arviz_io
 from zoo.core.errors import InferenceError, ZooError
 from zoo.core.files import atomic_write
 from zoo.core.problem import Problem
@@ -35,8 +36,8 @@ from zoo.inference.common import (
     complete_draws,
     enumerated,
     importance_weights,
-    init_values,
     needs_continuous,
+    optimiser_start,
     run_key,
     sample_vectorised,
     seed_all,
@@ -84,7 +85,7 @@ def train(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float,
         q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
         q = GUIDES[guide](poutine.block(problem.model, hide=discrete) if discrete else problem.model,
-                          init_loc_fn=init_to_value(values=init_values(problem, seed)))
+                          init_loc_fn=init_to_value(values=optimiser_start(problem, seed)))
     optim = ClippedAdam({"lr": lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)})
     plateau = _Schedule(lr, lr * lr_decay, num_steps) if converge else None
     elbo = TraceEnum_ELBO if discrete else Trace_ELBO
@@ -207,10 +208,16 @@ class _Schedule:
         return done >= self.anneal_steps
 
 
-def elbo_estimate(problem: Problem, guide: Any, num: int) -> tuple[float, float]:
-    """Monte Carlo ELBO and importance-weighted log evidence with ``num`` guide draws."""
+def elbo_estimate(problem: Problem, guide: Any, num: int) -> tuple[float, float, float]:
+    """Monte Carlo ELBO, importance-weighted log evidence and the guide's Pareto k, from the
+    importance ratios p(data, z) / q(z) of ``num`` guide draws z.
+
+    The Pareto k of the ratios' tail is Yao et al.'s (2018) diagnostic of the guide against
+    the model: below 0.5 the guide covers the posterior well, above 0.7 it is too narrow or
+    misplaced somewhere the posterior has mass.
+    """
     log_w, _ = importance_weights(problem, guide, num)
-    return float(log_w.mean()), float(np.logaddexp.reduce(log_w) - math.log(num))
+    return float(log_w.mean()), float(np.logaddexp.reduce(log_w) - math.log(num)), arviz_io.pareto_k(log_w)
 
 
 def fit(problem: Problem, *, seed: int, guide: str, num_steps: int, lr: float, lr_decay: float,
@@ -225,8 +232,9 @@ def fit(problem: Problem, *, seed: int, guide: str, num_steps: int, lr: float, l
     if guide == "delta":
         diagnostics["note"] = "MAP point estimate: no spread, no ELBO"
     else:
-        diagnostics["elbo"], diagnostics["iwae"] = elbo_estimate(problem, q, num_elbo_particles)
-    return Fit(posterior=to_chains(draws, num_chains), diagnostics=diagnostics)
+        diagnostics["elbo"], diagnostics["iwae"], diagnostics["pareto_k"] = elbo_estimate(problem, q, num_elbo_particles)
+    return Fit(posterior=to_chains(draws, num_chains), diagnostics=diagnostics,
+               kind="point" if guide == "delta" else "independent")
 
 
 SVI_OPTIONS: dict[str, Any] = {

@@ -10,7 +10,7 @@ the full-data loss::
 Gradients are averaged with ``all_reduce`` after every backward pass, and every process draws
 the same guide noise (same seed), so each step equals the one-process step on all the data
 up to floating-point summation order: R processes give the single-process answer, each doing
-1/R of the likelihood work. Starting values are `inference.common.init_values` on all the
+1/R of the likelihood work. Starting values are `inference.common.optimiser_start` on all the
 data, identical everywhere.
 
 Run it on one machine::
@@ -44,11 +44,11 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 
 from zoo import api, registry
 from zoo.core.errors import InferenceError, ZooError
-from zoo.core.problem import Problem, prepare, trace_model
+from zoo.core.problem import Problem, float64, prepare, trace_model
 from zoo.core.spec import Backend, Fit
 from zoo.inference import svi
 from zoo.inference.common import (
-    init_values,
+    optimiser_start,
     sample_vectorised,
     seed_all,
     single_thread,
@@ -122,10 +122,10 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
             return part.model()
 
     start = time.perf_counter()
-    with single_thread():
+    with single_thread(), float64():
         seed_all(seed)
         pyro.clear_param_store()
-        q = svi.GUIDES[guide](model, init_loc_fn=init_to_value(values=init_values(full, seed)))
+        q = svi.GUIDES[guide](model, init_loc_fn=init_to_value(values=optimiser_start(full, seed)))
         optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps)})
         elbo = Trace_ELBO(max_plate_nesting=full.max_plate_nesting)
         trace = []
@@ -150,7 +150,7 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
     seconds = time.perf_counter() - start
     fit = Fit(posterior=to_chains(draws, num_chains),
               diagnostics={"elbo_trace": trace, "steps": num_steps, "guide": guide, "processes": world,
-                           "note": f"data-parallel SVI over {world} process(es)"})
+                           "note": f"data-parallel SVI over {world} process(es)"}, kind="independent")
     backend = Backend(name="svi", fit=lambda problem, seed: fit, options={})
     result = execute(full, backend, {}, seed, f"svi (data-parallel x{world})")
     result.seconds = seconds

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 from torch.distributions import constraints
 
 
@@ -72,6 +73,11 @@ class ExactPosterior:
     kind: str = "closed_form"
     """``"closed_form"``, or ``"mcmc"`` for a stored reference from a long sampler run (its
     ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE)."""
+    marginal: Callable[[str, tuple[int, ...]], Any] | None = None
+    """``marginal(site, index)``: the exact marginal posterior of one latent scalar as a frozen
+    one-dimensional ``scipy.stats`` distribution (its ``pdf`` is drawn in density plots), or
+    None where the model has no closed form for it (plots then show a density estimate of
+    exact draws)."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,9 @@ class Backends:
 
     Parameters
     ----------
-    default : the back-end ``zoo.run(name)`` uses when none is named: the one that suits the
-        model (``exact`` where there is a closed form, the amortised ``svi`` for deep models).
+    default : the back-ends ``zoo.run(name)`` prefers when none is named, best first; the first
+        that applies to the data and hyperparameters runs (``exact`` where there is a closed
+        form, the amortised ``svi`` for deep models, ``nuts`` for a user's model).
     own : model-specific back-ends, name to `Backend` (``cavi``, ``em``, ``gibbs``).
     limits : generic back-ends that cannot work on this model, with the reason (shown in the
         comparison table and in the error).
@@ -135,7 +142,7 @@ class Backends:
         back-end's own (fewer draws of a large local latent); the user's options still win.
     """
 
-    default: str = "nuts"
+    default: tuple[str, ...] = ("nuts",)
     own: Mapping[str, Backend] = field(default_factory=dict)
     limits: Mapping[str, str] = field(default_factory=dict)
     skip_by_default: Mapping[str, str] = field(default_factory=dict)
@@ -170,6 +177,10 @@ class ModelSpec:
     example : default data (a registered model's example); None to simulate it.
     source : where the model comes from: ``"catalogue"`` (the study notes), ``"posteriordb"``
         or ``"user"`` (`zoo.register`).
+    dims : names of the dimensions of latent and deterministic sites, in the InferenceData
+        (``{"locs": ("component", "D")}``); a data key's dimensions are named by its
+        `DataKey.dims`. Dimensions left unnamed take the name of the plate they sit in, else
+        ``<site>_dim_<i>``.
     reference, scoring, backends : the optional parts, see `Reference`, `Scoring`, `Backends`.
     """
 
@@ -184,6 +195,7 @@ class ModelSpec:
     check: Callable[[dict, dict], None] | None = None
     example: Mapping[str, Any] | None = None
     source: str = "catalogue"
+    dims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     reference: Reference = field(default_factory=Reference)
     scoring: Scoring = field(default_factory=Scoring)
     backends: Backends = field(default_factory=Backends)
@@ -204,19 +216,35 @@ class ModelSpec:
         return self.reference.unavailable(hyper, data) if self.reference.unavailable else None
 
 
+DRAW_KINDS = {
+    "mcmc": "Markov chains: draws depend on each other; r_hat and ESS measure the mixing",
+    "independent": "independent draws (an exact or a fitted approximate posterior): one chain, "
+                   "ESS = the number of draws, no r_hat",
+    "resampled": "a resample of weighted draws (importance sampling): one chain, ESS = the weight ESS",
+    "point": "a point estimate repeated: no spread, so no ESS, r_hat or LOO",
+}
+
+
 @dataclass
 class Fit:
     """What a back-end returns: draws and whatever it measured on the way.
 
     ``posterior`` maps each latent site to an array shaped ``(chain, draw, *site_shape)``;
-    ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``log_weight``);
+    ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``energy``, ``lp``);
     ``diagnostics`` holds scalars and traces (``elbo``, ``elbo_trace``, ``log_evidence``,
-    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``).
+    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``). ``kind`` says what the draws
+    are (`DRAW_KINDS`): the chains of ``mcmc`` are kept; the draws of the other kinds are
+    packed as one chain.
     """
 
     posterior: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    kind: str = "mcmc"
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRAW_KINDS:
+            raise ValueError(f"Fit.kind must be one of {', '.join(DRAW_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -234,6 +262,11 @@ class Backend:
         model with these hyperparameters.
     summary : one line for ``zoo.list_backends()`` and the docs.
     quick : options for a smoke run (a few draws or steps), used by the conformance suite.
+    refuses : ``refuses(problem, options) -> reason or None``: why the back-end cannot run on
+        this problem with these options (importance's prior proposal on a flat prior); checked
+        with the options, before anything runs.
+    markov_chains : its draws are Markov chains (nuts, hmc, gibbs): r_hat and the bulk ESS
+        are checked after every run and a poor one warns.
     """
 
     name: str
@@ -243,6 +276,8 @@ class Backend:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     applicable: Callable[[Any], str | None] | None = None
     quick: Mapping[str, Any] = field(default_factory=dict)
+    refuses: Callable[[Any, Mapping[str, Any]], str | None] | None = None
+    markov_chains: bool = False
 
 
 def exact_from_scipy(
@@ -278,6 +313,15 @@ def exact_from_scipy(
             total += float(np.sum(logpdf(values[k])))
         return total
 
+    def marginal(site: str, index: tuple[int, ...]) -> Any:
+        d = marginals[site]
+        if not stats[site][0].shape:  # a univariate distribution
+            return d
+        alpha = getattr(d, "alpha", None)
+        if alpha is not None and np.ndim(alpha) == 1:  # a Dirichlet: Beta marginals
+            return scipy_stats.beta(alpha[index], np.sum(alpha) - alpha[index])
+        return None
+
     return ExactPosterior(
         mean={k: m for k, (m, _) in stats.items()},
         sd={k: s for k, (_, s) in stats.items()},
@@ -285,4 +329,14 @@ def exact_from_scipy(
         log_prob=log_prob,
         log_evidence=log_evidence,
         extra=dict(extra),
+        marginal=marginal,
     )
+
+
+def gaussian_marginals(mean: Mapping[str, np.ndarray], sd: Mapping[str, np.ndarray]) -> Callable[[str, tuple[int, ...]], Any]:
+    """``ExactPosterior.marginal`` of a Gaussian posterior: Normal(mean, sd) for every scalar."""
+
+    def marginal(site: str, index: tuple[int, ...]) -> Any:
+        return scipy_stats.norm(np.asarray(mean[site])[index], np.asarray(sd[site])[index])
+
+    return marginal

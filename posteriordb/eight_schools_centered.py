@@ -1,0 +1,49 @@
+"""Eight schools, centred parametrisation: a funnel (posteriordb ``eight_schools-eight_schools_centered``).
+
+The same posterior as ``eight_schools_noncentered`` written with the school effects as
+latent variables drawn around ``mu`` with scale ``tau``. With only eight noisy schools the
+posterior of (``tau``, ``theta``) is Neal's funnel: as ``tau`` shrinks the effects are
+squeezed together, and samplers with one step size diverge in the neck and under-sample
+small ``tau``. posteriordb gives this posterior the reference draws of the non-centred
+model (the same distribution over ``theta``, ``mu`` and ``tau``).
+
+Generative story::
+
+    mu  ~ Normal(0, 5)
+    tau ~ HalfCauchy(5)
+    theta_j ~ Normal(mu, tau)        j = 1..J (J = 8)
+    y_j ~ Normal(theta_j, sigma_j)   sigma given
+
+Provenance: posteriordb posterior ``eight_schools-eight_schools_centered`` (model
+``eight_schools_centered``, data ``eight_schools``, reference posterior
+``eight_schools-eight_schools_noncentered``), snapshot commit
+28f8d3d6e975315f42aa274a8399f21e07a43b30 of https://github.com/stan-dev/posteriordb
+(BSD-3-Clause); data and reference summaries by ``benchmarks/posteriordb_references.py``.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+
+NAME = "eight_schools_centered"
+POSTERIOR = "eight_schools-eight_schools_centered"
+KIND = "hard geometry"
+
+# the funnel's neck needs small steps: a high acceptance target reduces (not removes) divergences
+NUTS_OPTIONS = {"target_accept": 0.99}
+
+
+def model(sigma, y=None):
+    mu = pyro.sample("mu", dist.Normal(0., 5.))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.))
+    with pyro.plate("schools", len(sigma)):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def data() -> dict:
+    """``sigma`` and ``y`` (8,) float64."""
+    d = json.loads((Path(__file__).parent / "data" / f"{NAME}.json").read_text())["data"]
+    return {k: np.asarray(d[k], dtype=np.float64) for k in ("sigma", "y")}

@@ -1,0 +1,48 @@
+"""Eight schools, non-centred parametrisation (posteriordb ``eight_schools-eight_schools_noncentered``).
+
+Rubin's (1981) coaching-effect study: estimated effects ``y_j`` with known standard errors
+``sigma_j`` in J = 8 schools, partially pooled towards a common mean. The school effects are
+written as ``theta_j = mu + tau * theta_trans_j`` with standard-normal ``theta_trans``, which
+removes the funnel between ``tau`` and the effects (compare ``eight_schools_centered``).
+``theta`` is a Stan transformed parameter and a Pyro deterministic site.
+
+Generative story::
+
+    mu  ~ Normal(0, 5)
+    tau ~ HalfCauchy(5)
+    theta_trans_j ~ Normal(0, 1)                 j = 1..J (J = 8)
+    theta_j = mu + tau * theta_trans_j           (deterministic)
+    y_j ~ Normal(theta_j, sigma_j)               sigma given
+
+Provenance: posteriordb posterior ``eight_schools-eight_schools_noncentered`` (model
+``eight_schools_noncentered``, data ``eight_schools``), snapshot commit
+28f8d3d6e975315f42aa274a8399f21e07a43b30 of https://github.com/stan-dev/posteriordb
+(BSD-3-Clause). The reference draws store ``theta``, ``mu`` and ``tau``; the reference
+summaries of ``theta_trans`` are computed from them as ``(theta - mu) / tau`` by
+``benchmarks/posteriordb_references.py``.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+
+NAME = "eight_schools_noncentered"
+POSTERIOR = "eight_schools-eight_schools_noncentered"
+KIND = "hierarchical"
+
+
+def model(sigma, y=None):
+    mu = pyro.sample("mu", dist.Normal(0., 5.))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.))
+    with pyro.plate("schools", len(sigma)):
+        theta_trans = pyro.sample("theta_trans", dist.Normal(0., 1.))
+        theta = pyro.deterministic("theta", mu + tau * theta_trans)
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def data() -> dict:
+    """``sigma`` and ``y`` (8,) float64."""
+    d = json.loads((Path(__file__).parent / "data" / f"{NAME}.json").read_text())["data"]
+    return {k: np.asarray(d[k], dtype=np.float64) for k in ("sigma", "y")}
