@@ -22,7 +22,7 @@ from scipy import stats
 
 import zoo
 from zoo import registry
-from zoo.core.problem import DTYPE, prepare
+from zoo.core.problem import DTYPE, float64, prepare
 from zoo.inference import batched, common, mcmc
 from zoo.inference.common import chain_seeds, init_values, log_densities, prior, sample_vectorised
 
@@ -312,8 +312,9 @@ def test_log_densities_of_a_model_written_for_one_draw_run_by_vmap():
     data = _logistic_data(n=400, d=4)
     zoo.register("engine_logistic_many", logistic_regression, data=data, overwrite=True)
     problem = prepare(zoo.get_model("engine_logistic_many"), data)
-    draws = sample_vectorised(problem, prior(problem), 50)
-    log_joint, log_lik = log_densities(problem, draws)
+    with float64():  # as every zoo entry point does: the model's Python-float priors in float64
+        draws = sample_vectorised(problem, prior(problem), 50)
+        log_joint, log_lik = log_densities(problem, draws)
     mode, why = common.evaluation(problem)
     assert mode == "vmap" and why.startswith("plate: RuntimeError")
     logits = draws["w"] @ data["X"].T + draws["b"][:, None]
