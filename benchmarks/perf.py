@@ -18,8 +18,8 @@ For each model x back-end, one child process (so that its peak memory is its own
    seconds of the first run that passes is ``seconds_to_gate`` (empty where there is no
    reference, or no budget passed).
 
-Models: any registered model (``--all``: every model with a reference, every back-end that
-applies), ``logistic_regression:N=5000,D=20`` (simulated at other sizes: no reference, so no
+Models: any registered model (``--all``: every back-end that applies, on every model with a
+reference unless ``--models`` names some), ``logistic_regression:N=5000,D=20`` (simulated at other sizes: no reference, so no
 gate), and two models registered here with ``zoo.register`` as a user would write them
 (benchmark-only, no reference): ``eight_schools`` (non-centred) and ``user_logistic_regression``
 (``X @ w``, N=5000, D=20).
@@ -49,6 +49,7 @@ Examples::
 
     python benchmarks/perf.py --quick
     python benchmarks/perf.py --all --out benchmarks/results/perf.json
+    python benchmarks/perf.py --all --quick --models normal_gamma --no-peer --merge   # one model's rows
     python benchmarks/perf.py --models eight_schools,user_logistic_regression --backends nuts \\
         --peer-python .venv-peer/bin/python
     python benchmarks/perf.py --models eight_schools --backends nuts --levers --peer-python .venv-peer/bin/python
@@ -126,7 +127,8 @@ LADDER = {
 }
 
 FIELDS = {
-    "settings": "options of the main run per back-end (QUICK with --quick)",
+    "settings": "options of the main run per back-end (QUICK with --quick) of the last run written; with "
+                "--merge, rows of earlier runs keep theirs in rows[].settings",
     "ladder": "budgets tried in order for the accuracy gate, per back-end (others: one run at defaults)",
     "gate": "the accuracy gate: max |z| and, for samplers, the sd-ratio range",
     "seed": "seed of the data and of every back-end",
@@ -187,9 +189,8 @@ def user_logistic_regression(X, y=None):
         w ~ Normal(0, I_D); b ~ Normal(0, 1)
         y_i ~ Bernoulli(logits = x_i^T w + b)      # i = 1..N
     """
-    zero = X.new_zeros(())
-    w = pyro.sample("w", dist.Normal(zero, 1.0).expand([X.shape[1]]).to_event(1))
-    b = pyro.sample("b", dist.Normal(zero, 1.0))
+    w = pyro.sample("w", dist.Normal(0., 1.).expand([X.shape[1]]).to_event(1))
+    b = pyro.sample("b", dist.Normal(0., 1.))
     with pyro.plate("data", X.shape[0]):
         pyro.sample("y", dist.Bernoulli(logits=X @ w + b), obs=y)
 
@@ -495,7 +496,8 @@ COLUMNS = ["model", "backend", "seconds", "grad_evals", "ess_bulk_per_s", "ess_t
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated model labels")
+    p.add_argument("--models", default=None, help=f"comma-separated model labels (default {','.join(MODELS)}; "
+                                                   "with --all, every model with a reference)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated back-ends")
     p.add_argument("--all", action="store_true",
                    help="every registered model with a reference, every back-end that applies to it")
@@ -507,15 +509,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-peer", action="store_true", help="skip the NumPyro section")
     p.add_argument("--levers", action="store_true",
                    help=f"NUTS speed levers: add back-ends nuts:<lever> for each of {', '.join(LEVERS)}")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of an existing --out file that this run does not measure again "
+                        "(and its peer section where this run has none)")
     p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # internal: one child cell
     args = p.parse_args(argv)
     if args.cell is None:
         register_benchmark_models()
         # a comma followed by "NAME=" continues a label's sizes ("logistic_regression:N=5000,D=20")
+        if args.models is None:
+            args.models = ",".join([n for n, s in registry.MODELS.items() if s.reference.exact is not None]
+                                   if args.all else MODELS)
         args.models = [m.strip() for m in re.split(r",(?![A-Za-z_]\w*=)", args.models) if m.strip()]
         args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        if args.all:
-            args.models = [n for n, s in registry.MODELS.items() if s.reference.exact is not None]
         if args.levers:
             args.backends += [f"nuts:{lever}" for lever in LEVERS if f"nuts:{lever}" not in args.backends]
         unknown = [m for m in args.models if parse_label(m)[0] not in zoo.list_models()]
@@ -538,6 +544,18 @@ def cells_to_run(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
             except zoo.ZooError as e:
                 reason = str(e)
             out.append((label, backend, reason))
+    return out
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the rows of ``old`` whose (model, back-end) it did not measure, and
+    ``old``'s peer section where ``new`` has none (``--merge``): a peer run and an ``--all``
+    gate run make one file. Each row keeps its own settings and load averages."""
+    seen = {(r.get("model"), r.get("backend")) for r in new["rows"]}
+    out = {**new, "rows": [r for r in old.get("rows", []) if (r.get("model"), r.get("backend")) not in seen]
+           + new["rows"]}
+    if not new.get("peer"):
+        out["peer"], out["comparison"] = old.get("peer", []), old.get("comparison", [])
     return out
 
 
@@ -574,6 +592,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                    "rows": [{k: _jsonable(v) for k, v in r.items()} for r in rows],
                    "peer": [{k: _jsonable(v) for k, v in r.items()} for r in peer_rows],
                    "comparison": [{k: _jsonable(v) for k, v in r.items()} for r in comparison]}
+        if args.merge and args.out.exists():
+            payload = merged(json.loads(args.out.read_text()), payload)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, default=str))
         print(f"\nwrote {args.out}", file=sys.stderr)
