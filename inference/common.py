@@ -399,8 +399,12 @@ def optimiser_start(problem: Problem, seed: int, num: int = 200) -> dict[str, to
     mode rather than dispersed: from Stan's uniform(-2, 2) start, SVI on ``gaussian_mixture``'s
     default data (seed 0) stopped at a merged-component optimum (log-likelihood -9.87 per point
     against scikit-learn's -3.76), and from the best prior draw it reaches -3.76. A model with
-    a flat prior has no prior to draw from: it starts by Stan's rule.
+    a flat prior has no prior to draw from: it starts by Stan's rule. A model's own start
+    (``Backends.start``, e.g. EM for a mixture) takes precedence over both.
     """
+    if problem.spec.backends.start is not None:
+        return {k: torch.as_tensor(np.asarray(v), dtype=DTYPE)
+                for k, v in problem.spec.backends.start(problem, seed).items()}
     if problem.improper:
         return init_values(problem, seed)
     seed_all(seed)
