@@ -188,7 +188,8 @@ def gallery_page(name: str, docs: Path) -> str:
     hyper = pd.DataFrame([{"name": f"`{k}`", "default": json.dumps(h.default, default=jsonable)}
                           for k, h in spec.hyper.items()])
     doc = spec.doc
-    title, _, rest = doc.partition("\n")
+    title, _, rest = doc.strip().partition("\n\n")  # the summary is the first paragraph, however many lines
+    title = " ".join(title.split())
     parts = ["---", "html_theme.sidebar_secondary.remove: true", "---", "", f"# `{name}`", "", f"**Seed section:** {spec.seed_section}", "", title, "",
              "## Generative story", "", story(rest.strip()), "",
              "## Data and latent sites", "", markdown_table(data) if len(data) else "(no data keys)", "",
