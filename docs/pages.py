@@ -256,6 +256,7 @@ def benchmark_page() -> str:
     else:
         parts += [f"Missing: `{os.path.relpath(SBC_REPORT, ROOT)}`. Write it with "
                   "`python benchmarks/sbc_table.py --out sbc_runs` (the simulations, resumable), then "
-                  "`python benchmarks/sbc_table.py --report --out sbc_runs > benchmarks/results/sbc_report.jsonl`.",
-                  ""]
+                  "`python benchmarks/sbc_table.py --report --out sbc_runs > benchmarks/results/sbc_report.jsonl`. "
+                  "The last full run's table (commit 2a7014c, 10.2 hours of back-end time) is in the "
+                  "[calibration guide](guide/calibration.md).", ""]
     return "\n".join(parts)
