@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -70,7 +71,8 @@ def run_model(name: str, out: Path) -> dict:
     figures, left_out = fit_page(out, figures)
     write_text(out / "table.csv", cmp.table.to_csv(index=False))
     write_text(out / "scalars.csv", cmp.scalars.to_csv(index=False))
-    meta = {"model": name, "settings": accepted, "seed": 0, "wall_seconds": round(time.perf_counter() - start, 1),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    meta = {"model": name, "commit": commit or None, "settings": accepted, "seed": 0, "wall_seconds": round(time.perf_counter() - start, 1),
             "figures": figures, "figures_left_out": left_out, "plot_error": plot_error, "python": platform.python_version(), "machine": platform.platform(),
             "versions": {"pyro": pyro.__version__, "torch": torch.__version__, "arviz": arviz.__version__}}
     write_text(out / "run.json", json.dumps(meta, indent=1))

@@ -188,7 +188,8 @@ def gallery_page(name: str, docs: Path) -> str:
     hyper = pd.DataFrame([{"name": f"`{k}`", "default": json.dumps(h.default, default=jsonable)}
                           for k, h in spec.hyper.items()])
     doc = spec.doc
-    title, _, rest = doc.partition("\n")
+    title, _, rest = doc.strip().partition("\n\n")  # the summary is the first paragraph, however many lines
+    title = " ".join(title.split())
     parts = ["---", "html_theme.sidebar_secondary.remove: true", "---", "", f"# `{name}`", "", f"**Seed section:** {spec.seed_section}", "", title, "",
              "## Generative story", "", story(rest.strip()), "",
              "## Data and latent sites", "", markdown_table(data) if len(data) else "(no data keys)", "",
@@ -266,6 +267,7 @@ def benchmark_page() -> str:
     else:
         parts += [f"Missing: `{os.path.relpath(SBC_REPORT, ROOT)}`. Write it with "
                   "`python benchmarks/sbc_table.py --out sbc_runs` (the simulations, resumable), then "
-                  "`python benchmarks/sbc_table.py --report --out sbc_runs > benchmarks/results/sbc_report.jsonl`.",
-                  ""]
+                  "`python benchmarks/sbc_table.py --report --out sbc_runs > benchmarks/results/sbc_report.jsonl`. "
+                  "The last full run's table (commit 2a7014c, 10.2 hours of back-end time) is in the "
+                  "[calibration guide](guide/calibration.md).", ""]
     return "\n".join(parts)
