@@ -237,10 +237,21 @@ def benchmark_page() -> str:
              "## NUTS speed and seconds to the accuracy gate", ""]
     if PERF_JSON.exists():
         perf = json.loads(PERF_JSON.read_text())
-        parts += [f"`benchmarks/perf.py` (settings {json.dumps(perf.get('settings'))}, seed {perf.get('seed')}, "
-                  f"{perf.get('machine', '')}):", "", markdown_table(pd.DataFrame(perf.get("rows", []))), ""]
+        rows = pd.DataFrame(perf.get("rows", []))
+        if "seconds_to_gate" in rows and rows["seconds_to_gate"].notna().any():
+            gated = rows[~rows["backend"].str.contains(":", na=False)]
+            gate = gated.pivot_table(index="model", columns="backend", values="seconds_to_gate", aggfunc="first")
+            parts += [f"Seconds to reach the accuracy gate ({json.dumps(perf.get('gate'))}; the cheapest budget of "
+                      "`ladder` that passes, blank where none did or there is no reference):", "",
+                      markdown_table(gate.reset_index()), ""]
+        parts += [f"`benchmarks/perf.py` (seed {perf.get('seed')}, {perf.get('machine', '')}; each row's "
+                  "options in its `settings`):", "", markdown_table(rows), ""]
+        if perf.get("comparison"):
+            parts += ["NUTS against NumPyro in the same run (bulk ESS per second; cold: NumPyro's first run, "
+                      "compilation included; warm: its second run):", "",
+                      markdown_table(pd.DataFrame(perf["comparison"])), ""]
         if perf.get("peer"):
-            parts += ["NumPyro peer at the same settings:", "", markdown_table(pd.DataFrame(perf["peer"])), ""]
+            parts += ["NumPyro's runs:", "", markdown_table(pd.DataFrame(perf["peer"])), ""]
     else:
         parts += [f"Missing: `{os.path.relpath(PERF_JSON, ROOT)}`. Write it with "
                   "`python benchmarks/perf.py --out benchmarks/results/perf.json`.", ""]

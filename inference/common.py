@@ -1,9 +1,11 @@
 """Pieces every back-end shares: seeding, vectorised sampling and log densities, draw shapes.
 
-All of it works on a `zoo.core.problem.Problem` and knows no particular model. Vectorisation wraps
-the whole model in one outer plate left of the model's own plates (as Pyro's
+All of it works on a `zoo.core.problem.Problem` and knows no particular model. Many draws are
+evaluated in one of three ways (`evaluation`, decided once per problem): ``plate`` wraps the
+whole model in one outer plate left of the model's own plates (as Pyro's
 ``Predictive(parallel=True)`` does), so a model written with plates and broadcasting is
-evaluated for S draws at once.
+evaluated for S draws at once; ``vmap`` maps the one-draw log density over the draws with
+`torch.func.vmap` (a model written for one draw, ``X @ w``); ``loop`` takes one draw at a time.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import hashlib
 import json
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -96,14 +99,56 @@ def to_chains(draws: dict[str, np.ndarray], num_chains: int) -> dict[str, np.nda
     return {k: v.reshape((num_chains, -1) + v.shape[1:]) for k, v in draws.items()}
 
 
-def _batched(problem: Problem, num: int, run: Callable[[int, int, bool], Any]) -> list[Any]:
-    """Call ``run(start, n, vectorised)`` over chunks of ``num`` draws: vectorised where the
-    model broadcasts against an outer plate, one draw at a time where it does not (a user's
-    model whose observations sit outside any plate)."""
-    try:
-        return [run(start, min(CHUNK, num - start), True) for start in range(0, num, CHUNK)]
-    except (ValueError, RuntimeError):
-        return [run(i, 1, False) for i in range(num)]
+MODES = ("plate", "vmap", "loop")
+_EVALUATION: dict[int, tuple[str, str]] = {}  # id(problem) -> (mode, why), while the problem lives
+
+
+def evaluation(problem: Problem, points: dict[str, np.ndarray] | None = None) -> tuple[str, str]:
+    """How ``problem``'s model is evaluated for many draws, and why: decided once per problem.
+
+    At two of ``points`` (draws of latent sites; required the first time) the log density by
+    each mode in `MODES` order is compared with one draw at a time; the first that agrees is
+    used from then on (``vmap`` serves log densities only: sampling then runs one draw at a
+    time). A mode that raises or disagrees here is ruled out with the reason; at run time
+    every error propagates.
+    """
+    key = id(problem)
+    if key not in _EVALUATION:
+        if points is None:
+            raise ZooError(f"model {problem.name!r}: no draws to decide how to evaluate the model at")
+        two = {k: v[:2] for k, v in points.items()}
+        reference = _evaluate(problem, two, "loop")
+        refused = []
+        mode = "loop"
+        for candidate in MODES[:2]:
+            if candidate == "vmap" and (problem.discrete_sites or not two):
+                continue
+            try:
+                out = _evaluate(problem, two, candidate)
+            except Exception as e:  # noqa: BLE001 - ruling a mode out, with the reason kept
+                refused.append(f"{candidate}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                continue
+            if _same(out, reference):
+                mode = candidate
+                break
+            refused.append(f"{candidate}: differs from one draw at a time")
+        _EVALUATION[key] = (mode, "; ".join(refused))
+        weakref.finalize(problem, _EVALUATION.pop, key, None)
+    return _EVALUATION[key]
+
+
+def _same(a: tuple[np.ndarray, dict[str, np.ndarray]], b: tuple[np.ndarray, dict[str, np.ndarray]]) -> bool:
+    """Two (log joint, pointwise log-likelihoods) results agree up to rounding."""
+    def close(x: np.ndarray, y: np.ndarray) -> bool:
+        x, y = np.asarray(x), np.asarray(y)
+        return x.size == y.size and np.allclose(x.reshape(-1), y.reshape(-1), rtol=1e-6, atol=1e-8, equal_nan=True)
+    return close(a[0], b[0]) and a[1].keys() == b[1].keys() and all(close(a[1][k], b[1][k]) for k in a[1])
+
+
+def _chunks(num: int, mode: str, run: Callable[[int, int, str], Any]) -> list[Any]:
+    """``run(start, n, mode)`` over chunks of ``num`` draws (one draw each in ``loop`` mode)."""
+    size = 1 if mode == "loop" else CHUNK
+    return [run(start, min(size, num - start), mode) for start in range(0, num, size)]
 
 
 def sample_vectorised(problem: Problem, fn: Callable[[], Any], num: int) -> dict[str, np.ndarray]:
@@ -124,7 +169,8 @@ def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[d
     """
     discrete = set(problem.discrete_sites)
 
-    def run(start: int, n: int, vectorised: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def run(start: int, n: int, mode: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        vectorised = mode == "plate"
         log_q = torch.zeros(n, dtype=DTYPE)
         with torch.no_grad(), pyro.validation_enabled(False):
             with vectorised_over(problem, n) if vectorised else nullcontext():
@@ -139,25 +185,89 @@ def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[d
                   for k, s in problem.sites.items() if k in tr.nodes and tr.nodes[k]["type"] == "sample"}
         return values, log_q.double().numpy()
 
-    chunks = _batched(problem, num, run)
+    if id(problem) not in _EVALUATION:  # two draws one at a time to decide at, the random state kept
+        with torch.random.fork_rng(devices=[]):
+            probe = [run(0, 1, "loop")[0] for _ in range(2)]
+        evaluation(problem, {k: np.concatenate([p[k] for p in probe]) for k in probe[0]})
+    chunks = _chunks(num, "plate" if evaluation(problem)[0] == "plate" else "loop", run)
     return ({k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]},
             np.concatenate([c[1] for c in chunks]))
 
 
 def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
-            vectorised: bool) -> dict[str, torch.Tensor]:
-    """Draws ``start:start+n`` as tensors shaped for conditioning the model (long for labels)."""
+            mode: str) -> dict[str, torch.Tensor]:
+    """Draws ``start:start+n`` as tensors shaped for conditioning the model (long for labels):
+    padded into the outer plate (``plate``), (n, *shape) (``vmap``) or one draw (``loop``)."""
     def tensor(k: str, v: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(v, dtype=torch.long if problem.sites[k].discrete else DTYPE)
 
-    if vectorised:
+    if mode == "plate":
         return {k: padded(problem, k, tensor(k, v[start:start + n])) for k, v in draws.items()}
+    if mode == "vmap":
+        return {k: tensor(k, v[start:start + n]) for k, v in draws.items()}
     return {k: tensor(k, v[start]) for k, v in draws.items()}
 
 
 def enumerated(problem: Problem) -> Callable[..., Any]:
     """The model with every discrete site enumerated in parallel (for marginalisation)."""
     return config_enumerate(problem.model, default="parallel")
+
+
+def _one_draw(problem: Problem, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """log p(data, latents) and each observed site's pointwise log-likelihood at one draw."""
+    tr = poutine.trace(poutine.condition(problem.model, values)).get_trace()
+    tr.compute_log_prob()
+    total = sum(site["log_prob"].sum() for site in tr.nodes.values() if "log_prob" in site)
+    return total, {k: tr.nodes[k]["log_prob"] for k in problem.observed}
+
+
+def _log_density_chunk(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
+                       mode: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`log_densities` of draws ``start:start+n`` by one mode: (n,) log joint and observed
+    site to (n, ...) log-likelihoods (padding dims kept in ``plate`` mode)."""
+    marginal = bool(set(problem.discrete_sites) - set(draws))
+    values = _values(problem, draws, start, n, mode)
+    if mode == "vmap":
+        with torch.no_grad(), pyro.validation_enabled(False):
+            total, lik = torch.func.vmap(lambda v: _one_draw(problem, v))(values)
+        return total.numpy(), {k: v.numpy() for k, v in lik.items()}
+    vectorised = mode == "plate"
+    base = problem.max_plate_nesting + int(vectorised)  # dims right of the enumeration dims
+    conditioned = poutine.condition(enumerated(problem) if marginal else problem.model, values)
+    if marginal:
+        conditioned = poutine.enum(conditioned, first_available_dim=-(base + 1))
+    with torch.no_grad():
+        with vectorised_over(problem, n) if vectorised else nullcontext():
+            tr = poutine.trace(conditioned).get_trace()
+        tr.compute_log_prob()
+    total, lik, mixed, mixed_obs = torch.zeros(n, dtype=DTYPE), {}, [], []
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or "log_prob" not in site:
+            continue
+        lp = site["log_prob"]
+        if marginal and lp.dim() > base:
+            if any(d > 1 for d in lp.shape[:lp.dim() - base]):
+                mixed.append(lp)  # depends on an enumerated site: summed out below
+                if name in problem.observed:
+                    mixed_obs.append(name)
+                continue
+            lp = lp.reshape(lp.shape[lp.dim() - base:])
+        # without enumeration, dims left of the plates are the value's own (a (3,) observation
+        # under a batch-shape () distribution): Pyro sums them into the joint, and so do we
+        lp = lp if vectorised else lp.unsqueeze(0)
+        lp = lp.expand((n,) + lp.shape[1:])
+        total = total + lp.reshape(n, -1).sum(1)
+        if name in problem.observed:
+            lik[name] = lp.numpy()
+    if mixed:
+        joint = sum(mixed)
+        per_point = joint.logsumexp(dim=tuple(range(joint.dim() - base)))
+        per_point = per_point if vectorised else per_point.unsqueeze(0)
+        per_point = per_point.expand((n,) + per_point.shape[1:])
+        total = total + per_point.reshape(n, -1).sum(1)
+        for name in mixed_obs:
+            lik[name] = per_point.numpy()
+    return total.numpy(), lik
 
 
 def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -167,7 +277,8 @@ def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.nd
     result is then log p(data, continuous latents), and an observation's log-likelihood is
     its mixture density log sum_k p(k) p(x_i | k). This assumes discrete sites local to a
     data plate that depend only on global latents (mixtures); a chain of dependent discrete
-    sites (an HMM) is not marginalised correctly here.
+    sites (an HMM) is not marginalised correctly here. The draws are evaluated as
+    `evaluation` decides for the problem.
 
     Parameters
     ----------
@@ -178,46 +289,13 @@ def log_densities(problem: Problem, draws: dict[str, np.ndarray]) -> tuple[np.nd
     log_joint : (S,) array of log p(data, latents).
     log_lik : observed site name to (S, *observation_batch_shape) pointwise log-likelihoods.
     """
+    return _evaluate(problem, draws, evaluation(problem, draws)[0])
+
+
+def _evaluate(problem: Problem, draws: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`log_densities` by one mode."""
     num = len(next(iter(draws.values())))
-    marginal = bool(set(problem.discrete_sites) - set(draws))
-    model = enumerated(problem) if marginal else problem.model
-
-    def run(start: int, n: int, vectorised: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        base = problem.max_plate_nesting + int(vectorised)  # dims right of the enumeration dims
-        conditioned = poutine.condition(model, _values(problem, draws, start, n, vectorised))
-        if marginal:
-            conditioned = poutine.enum(conditioned, first_available_dim=-(base + 1))
-        with torch.no_grad():
-            with vectorised_over(problem, n) if vectorised else nullcontext():
-                tr = poutine.trace(conditioned).get_trace()
-            tr.compute_log_prob()
-        total, lik, mixed, mixed_obs = torch.zeros(n, dtype=DTYPE), {}, [], []
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample" or "log_prob" not in site:
-                continue
-            lp = site["log_prob"]
-            if lp.dim() > base and any(d > 1 for d in lp.shape[:lp.dim() - base]):
-                mixed.append(lp)  # depends on an enumerated site: summed out below
-                if name in problem.observed:
-                    mixed_obs.append(name)
-                continue
-            lp = lp.reshape(lp.shape[lp.dim() - base:]) if lp.dim() > base else lp
-            lp = lp if vectorised else lp.unsqueeze(0)
-            lp = lp.expand((n,) + lp.shape[1:])
-            total = total + lp.reshape(n, -1).sum(1)
-            if name in problem.observed:
-                lik[name] = lp.numpy()
-        if mixed:
-            joint = sum(mixed)
-            per_point = joint.logsumexp(dim=tuple(range(joint.dim() - base)))
-            per_point = per_point if vectorised else per_point.unsqueeze(0)
-            per_point = per_point.expand((n,) + per_point.shape[1:])
-            total = total + per_point.reshape(n, -1).sum(1)
-            for name in mixed_obs:
-                lik[name] = per_point.numpy()
-        return total.numpy(), lik
-
-    chunks = _batched(problem, num, run)
+    chunks = _chunks(num, mode, lambda start, n, m: _log_density_chunk(problem, draws, start, n, m))
     log_lik = {k: np.concatenate([c[1][k] for c in chunks]).reshape((num,) + _obs_shape(chunks[0][1][k]))
                for k in problem.observed}
     return np.concatenate([c[0] for c in chunks]), log_lik
@@ -232,9 +310,10 @@ def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: 
     """
     num = len(next(iter(draws.values())))
 
-    def run(start: int, n: int, vectorised: bool) -> dict[str, np.ndarray]:
+    def run(start: int, n: int, mode: str) -> dict[str, np.ndarray]:
+        vectorised = mode == "plate"
         base = problem.max_plate_nesting + int(vectorised)
-        conditioned = poutine.condition(enumerated(problem), _values(problem, draws, start, n, vectorised))
+        conditioned = poutine.condition(enumerated(problem), _values(problem, draws, start, n, mode))
 
         def model() -> Any:  # the draws plate inside: infer_discrete blocks handlers outside it
             with vectorised_over(problem, n) if vectorised else nullcontext():
@@ -255,7 +334,7 @@ def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: 
             out[k] = value.reshape(shape).numpy()
         return out
 
-    chunks = _batched(problem, num, run)
+    chunks = _chunks(num, "plate" if evaluation(problem, draws)[0] == "plate" else "loop", run)
     return {k: np.concatenate([c[k] for c in chunks]) for k in problem.discrete_sites}
 
 
@@ -320,8 +399,12 @@ def optimiser_start(problem: Problem, seed: int, num: int = 200) -> dict[str, to
     mode rather than dispersed: from Stan's uniform(-2, 2) start, SVI on ``gaussian_mixture``'s
     default data (seed 0) stopped at a merged-component optimum (log-likelihood -9.87 per point
     against scikit-learn's -3.76), and from the best prior draw it reaches -3.76. A model with
-    a flat prior has no prior to draw from: it starts by Stan's rule.
+    a flat prior has no prior to draw from: it starts by Stan's rule. A model's own start
+    (``Backends.start``, e.g. EM for a mixture) takes precedence over both.
     """
+    if problem.spec.backends.start is not None:
+        return {k: torch.as_tensor(np.asarray(v), dtype=DTYPE)
+                for k, v in problem.spec.backends.start(problem, seed).items()}
     if problem.improper:
         return init_values(problem, seed)
     seed_all(seed)

@@ -170,7 +170,13 @@ def replay(problem: Problem, model: Callable[..., Any], draws: Mapping[str, np.n
             with torch.no_grad(), pyro.validation_enabled(False):
                 got = predictive()
             for s in sites:
-                parts[s].append(got[s].detach().reshape((n,) + shapes[s]).numpy())
+                value = got[s].detach()
+                if not parallel and value.numel() != n * int(np.prod(shapes[s], dtype=int)):
+                    # a (3,) observation under a batch-shape () distribution: Pyro scores it, but
+                    # the model's own draw of the site has another shape
+                    raise NotImplementedError(f"its draws of {s!r} have shape {tuple(value.shape[1:])}, "
+                                              f"the data {shapes[s]}")
+                parts[s].append(value.reshape((n,) + shapes[s]).numpy())
         return {s: np.concatenate(v) for s, v in parts.items()}
 
     if not sites or num == 0:

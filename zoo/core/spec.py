@@ -140,6 +140,10 @@ class Backends:
         (an amortised encoder); ``default_guide`` is the one ``svi`` uses unless told.
     options : back-end name to option defaults that suit this model better than the
         back-end's own (fewer draws of a large local latent); the user's options still win.
+    start : where an optimiser (``svi``, ``enum``) starts: ``start(problem, seed)`` -> values
+        of the continuous latent sites (EM with k-means restarts for a mixture, whose
+        components a start drawn from the prior merges); by default the best of 200 prior
+        draws (`inference.common.optimiser_start`).
     """
 
     default: tuple[str, ...] = ("nuts",)
@@ -149,6 +153,7 @@ class Backends:
     guides: Mapping[str, Callable[[Any], Callable[..., Any]]] = field(default_factory=dict)
     default_guide: str | None = None
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    start: Callable[[Any, int], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
