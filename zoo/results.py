@@ -4,6 +4,7 @@ scores, packed into ArviZ InferenceData with log-likelihoods, and summarised.
 """
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Mapping
@@ -123,8 +124,7 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
         seconds = time.perf_counter() - start
         posterior = spec.scoring.relabel(fit.posterior) if spec.scoring.relabel and fit.posterior else fit.posterior
         log_lik = _log_likelihoods(problem, posterior)
-        scores = dict(spec.scoring.diagnose(problem, posterior, dict(truth) if truth else None)) \
-            if spec.scoring.diagnose else {}
+        scores = own_scores(problem, posterior, truth, fit.guide)
     rows = spec.scoring.local_rows
     if rows is not None:  # a few rows of each local latent are enough to look at
         posterior = {k: v if k in spec.latent_sites else v[:, :, :rows] for k, v in posterior.items()}
@@ -141,6 +141,17 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
                   {k: v for k, v in options.items() if k != "progress"}, seed,
                   {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()},
                   scores={k: v for k, v in scores.items() if _is_scalar(v)})
+
+
+def own_scores(problem: Problem, posterior: dict[str, np.ndarray], truth: Mapping[str, Any] | None,
+               guide: Any) -> dict[str, Any]:
+    """The model's own scores (`Scoring.diagnose`) of a run's draws; a ``diagnose`` that takes
+    a keyword ``guide`` is given the run's fitted guide (None without one)."""
+    diagnose = problem.spec.scoring.diagnose
+    if diagnose is None:
+        return {}
+    extra = {"guide": guide} if "guide" in inspect.signature(diagnose).parameters else {}
+    return dict(diagnose(problem, posterior, dict(truth) if truth else None, **extra))
 
 
 def _log_likelihoods(problem: Problem, posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -103,7 +103,9 @@ class Scoring:
     diagnose : ``diagnose(problem, posterior, truth) -> dict``: model-specific scores computed
         after every back-end run from its draws (site to (chain, draw, ...) arrays) and the
         simulated truth (or None): peer scores, clustering quality, occupied clusters. Every
-        entry goes into ``Result.diagnostics``; plain scalars also become table columns.
+        entry goes into ``Result.diagnostics``; plain scalars also become table columns. A
+        ``diagnose`` with a keyword ``guide`` is also given the fitted guide (`Fit.guide`:
+        None after a back-end without one).
     relabel : ``relabel(posterior) -> posterior``: undoes label switching in every back-end's
         draws before anything is measured; ``relabel_note`` says how, in the table.
     local_rows : keep only the first ``local_rows`` rows of each local latent site (those not
@@ -211,12 +213,15 @@ class Fit:
     ``posterior`` maps each latent site to an array shaped ``(chain, draw, *site_shape)``;
     ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``log_weight``);
     ``diagnostics`` holds scalars and traces (``elbo``, ``elbo_trace``, ``log_evidence``,
-    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``).
+    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``). ``guide`` is the fitted
+    guide of a variational back-end (``svi``, ``enum``), for the model's own scores; it is
+    not saved.
     """
 
     posterior: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    guide: Any = None
 
 
 @dataclass(frozen=True)
