@@ -11,6 +11,7 @@ models (`zoo.models`) and the back-ends (`zoo.inference`); the facade (this pack
 modules) imports them all, and nothing below it imports the facade.
 """
 from zoo.api import (
+           catalogue,
            compare,
            get_model,
            list_backends,
@@ -23,8 +24,11 @@ from zoo.bandit import simulate_bandit
 from zoo.calibration import sbc
 from zoo.core.errors import InferenceError, ZooError
 from zoo.grids import grid
+from zoo.posteriordb import suite
 from zoo.results import Comparison, Result, load
 from zoo.sequential import sequential_update
 
-__all__ = ["Comparison", "InferenceError", "Result", "ZooError", "compare", "get_model", "grid", "list_backends",
+suite.register_suite()  # lists the posteriordb suite; each model registers on its first use
+
+__all__ = ["Comparison", "InferenceError", "Result", "ZooError", "catalogue", "compare", "get_model", "grid", "list_backends",
            "list_models", "load", "register", "run", "sbc", "sequential_update", "simulate", "simulate_bandit"]

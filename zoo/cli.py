@@ -62,7 +62,7 @@ def _load_data(path: str | None) -> dict[str, Any] | None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the models and their back-ends")
+    sub.add_parser("list", help="list the models: where each comes from, what kind it is")
     flags = argparse.ArgumentParser(add_help=False)  # what every inference command takes
     flags.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
                        help="hyperparameter, VALUE in JSON (repeatable)")
@@ -160,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
-            for name in api.list_models():
-                spec = api.get_model(name)
-                print(f"{name:28s} {', '.join(api.list_backends(name)):50s} {spec.seed_section}")
+            for row in api.catalogue().itertuples(index=False):  # registers no deferred model
+                print(f"{row.name:28s} {row.source:12s} {row.kind:22s} {row.description[:70]}")
             return 0
         if args.command == "bandit":
             return _bandit(args)

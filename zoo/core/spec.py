@@ -5,9 +5,12 @@ A model module in `models/` builds one `ModelSpec` named `SPEC`; the registry in
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,20 +61,103 @@ class Hyper:
 class ExactPosterior:
     """A closed-form posterior: per-site mean and sd, joint draws, and the log evidence.
 
-    ``sample(rng, n)`` returns a dict of arrays with a leading draw dimension of length ``n``.
-    ``log_prob(values)`` is the posterior log density at one point (a dict of site arrays).
-    ``extra`` holds model-specific closed-form quantities (posterior parameters, predictive).
+    ``sample(rng, n)`` returns a dict of arrays with a leading draw dimension of length ``n``
+    (None for a reference known only by its summaries: then no distance to its draws is
+    computed). ``log_prob(values)`` is the posterior log density at one point (a dict of site
+    arrays). ``extra`` holds model-specific closed-form quantities (posterior parameters,
+    predictive). ``mcse_mean``: per site, the Monte Carlo standard error of ``mean`` for a
+    reference made by sampling (None for a closed form); scoring allows for it.
     """
 
     mean: dict[str, np.ndarray]
     sd: dict[str, np.ndarray]
-    sample: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
+    sample: Callable[[np.random.Generator, int], dict[str, np.ndarray]] | None
     log_prob: Callable[[dict[str, np.ndarray]], float]
     log_evidence: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     kind: str = "closed_form"
-    """``"closed_form"``, or ``"mcmc"`` for a stored reference from a long sampler run (its
-    ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE)."""
+    """``"closed_form"``; ``"mcmc"`` for a stored reference from a long sampler run (its
+    ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE);
+    for a `StoredReference`, who made it (``"posteriordb"``, ``"numpyro"``)."""
+    mcse_mean: dict[str, np.ndarray] | None = None
+
+
+def first_paragraph(doc: str) -> str:
+    """The first paragraph of a docstring, as one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def data_fingerprint(data: Mapping[str, Any]) -> str:
+    """SHA-256 of a data set: every key's name, dtype, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for k in sorted(data):
+        a = np.ascontiguousarray(np.asarray(data[k]))
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _no_density(values: dict[str, np.ndarray]) -> float:
+    raise NotImplementedError("a stored reference is known by summaries of its draws, not by its density")
+
+
+class StoredReference:
+    """A posterior known by summaries of reference draws for one data set: posteriordb's
+    reference draws (long Stan runs), or a peer library's long run.
+
+    Parameters
+    ----------
+    path : a JSON file (or ``load() -> dict``) with a list ``scalars`` of per-scalar
+        summaries ``{"site", "index", "mean", "sd", "mcse_mean", ...}`` covering every
+        latent site, and the provenance beside it (the format of the files in
+        ``posteriordb/reference/``); read once, when first needed.
+    kind : who made it, for the comparison table (``"posteriordb"``); a ``"reference"``
+        field in the file overrides it (``"numpyro"``).
+
+    `zoo.register` binds it to the model's example data: it is the reference for that data
+    set only (`data_fingerprint`), and none for any other.
+    """
+
+    def __init__(self, path: str | Path | Callable[[], Mapping[str, Any]], kind: str = "mcmc") -> None:
+        self.path, self.kind = path, kind
+        self._summary: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The file's contents, read on the first call."""
+        if self._summary is None:
+            self._summary = dict(self.path() if callable(self.path) else json.loads(Path(self.path).read_text()))
+        return self._summary
+
+    def posterior(self) -> ExactPosterior:
+        """The summaries as an `ExactPosterior`: means, sds and MCSEs per site; no draws and
+        no density."""
+        rows = self.summary()["scalars"]
+        shapes: dict[str, tuple[int, ...]] = {}
+        for r in rows:
+            idx = tuple(r["index"])
+            shapes[r["site"]] = tuple(max(a, i + 1) for a, i in zip(shapes.get(r["site"], (0,) * len(idx)), idx))
+        arrays = {key: {site: np.full(shape, np.nan) for site, shape in shapes.items()}
+                  for key in ("mean", "sd", "mcse_mean")}
+        for r in rows:
+            for key, values in arrays.items():
+                values[r["site"]][tuple(r["index"])] = r[key]
+        provenance = {k: v for k, v in self.summary().items() if k != "scalars"}
+        return ExactPosterior(mean=arrays["mean"], sd=arrays["sd"], sample=None, log_prob=_no_density,
+                              extra=provenance, kind=self.summary().get("reference") or self.kind,
+                              mcse_mean=arrays["mcse_mean"])
+
+    def bind(self, data: Mapping[str, Any], name: str) -> Reference:
+        """The model's `Reference`: this one for ``data`` (numpy arrays as validated), none
+        for other data."""
+        fingerprint = data_fingerprint(data)
+
+        def unavailable(hyper: Mapping[str, Any], other: Mapping[str, Any] | None = None) -> str | None:
+            if other is None or data_fingerprint(other) == fingerprint:
+                return None
+            return (f"model {name!r}: its stored reference posterior belongs to its own data set "
+                    "(zoo.get_model(name).example); these data differ")
+
+        return Reference(exact=lambda data, hyper: self.posterior(), unavailable=unavailable)
 
 
 @dataclass(frozen=True)
@@ -172,6 +258,9 @@ class ModelSpec:
     example : default data (a registered model's example); None to simulate it.
     source : where the model comes from: ``"catalogue"`` (the study notes), ``"posteriordb"``
         or ``"user"`` (`zoo.register`).
+    kind : a short label of what sort of model it is (``"logistic regression"``); the
+        catalogue's models are labelled by their section of CONCEPTS.md in `zoo.catalogue`.
+    description : one line saying what it is (default: the first paragraph of ``doc``).
     reference, scoring, backends : the optional parts, see `Reference`, `Scoring`, `Backends`.
     """
 
@@ -186,6 +275,8 @@ class ModelSpec:
     check: Callable[[dict, dict], None] | None = None
     example: Mapping[str, Any] | None = None
     source: str = "catalogue"
+    kind: str = ""
+    description: str = ""
     reference: Reference = field(default_factory=Reference)
     scoring: Scoring = field(default_factory=Scoring)
     backends: Backends = field(default_factory=Backends)

@@ -1,0 +1,165 @@
+"""Every back-end on every posteriordb suite model, scored against the stored reference.
+
+Command line::
+
+    python benchmarks/posteriordb_suite.py [--models NAME ...] [--backends nuts,svi,...]
+        [--seed 0] [--out benchmarks/results/posteriordb.json]
+
+For each model of the suite (``zoo.list_models(source="posteriordb")``) it runs
+``zoo.compare`` with every back-end of the model at its defaults (the model's own option
+defaults included: a dense metric or a higher target acceptance where its geometry needs
+them), prints the comparison table, and at the end one summary line per model, then writes
+the tables as JSON. Back-ends that do not apply are listed with the reason. Scoring is
+against the stored reference summaries (posteriordb's reference draws, or NumPyro's for
+``wells_dist`` and ``radon_hierarchical_intercept_noncentered``): |z| and sd ratio per
+scalar, with the reference's Monte Carlo error allowed for; no Wasserstein distance (there
+are no reference draws to measure it by).
+
+The JSON file (``--out``) holds::
+
+    {"command": ..., "seed": ..., "date": ..., "versions": {...}, "posteriordb_commit": ...,
+     "fields": {column: meaning},             # the table columns, as below
+     "models": [{"name", "posterior", "kind", "reference", "scalars", "nuts_options",
+                 "rows": [{column: value}, ...]}]}   # one row per back-end; null = not measured
+
+Columns of each row (``fields``): ``backend``; ``seconds`` (inference alone); ``draws``;
+``ess_bulk_min``, ``ess_tail_min``, ``ess_per_second``, ``r_hat_max``; ``divergences``
+(nuts, hmc); ``tree_depth_max`` and ``tree_depth_mean`` (nuts, from the sampler's
+statistics where it records them); ``steps`` and ``converged`` (svi: the steps its
+convergence rule used, and whether it stopped before the cap); ``elbo``; ``pareto_k``
+(svi, importance: the importance ratios' tail, > 0.7 unreliable); ``max_abs_z`` (largest
+|mean - reference mean| / reference sd over the model's latent scalars), ``sd_ratio_min``,
+``sd_ratio_max``; ``correct`` (every scalar within |z| < 0.25, or within its Monte Carlo
+noise, and sd ratios within 0.9-1.1); ``recommended`` (the correct back-end that took the
+least time); ``note`` (why a back-end did not apply or failed, and what the run says of
+itself).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import zoo
+from zoo.posteriordb import POSTERIORDB_COMMIT
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second", "r_hat_max",
+           "divergences", "tree_depth_max", "tree_depth_mean", "steps", "converged", "elbo", "pareto_k",
+           "max_abs_z", "sd_ratio_min", "sd_ratio_max", "correct", "recommended", "note"]
+FIELDS = dict(line.split(": ", 1) for line in """\
+backend: back-end label
+seconds: wall time of the inference alone
+draws: posterior draws (chains x draws per chain)
+ess_bulk_min: smallest bulk effective sample size over the latent scalars
+ess_tail_min: smallest tail effective sample size
+ess_per_second: ess_bulk_min / seconds
+r_hat_max: largest rank-normalised split r_hat (NaN for one chain)
+divergences: divergent transitions (nuts, hmc)
+tree_depth_max: deepest NUTS tree (where the sampler records it)
+tree_depth_mean: mean NUTS tree depth
+steps: SVI steps used by the convergence rule
+converged: SVI: whether the rule stopped before the step cap (null: fixed schedule)
+elbo: ELBO estimate (svi)
+pareto_k: Pareto k of the importance ratios p/q (svi, importance); above 0.7 unreliable
+max_abs_z: largest |mean - reference mean| / reference sd over the latent scalars
+sd_ratio_min: smallest sd / reference sd
+sd_ratio_max: largest sd / reference sd
+correct: every |z| < 0.25 (or within 5 combined Monte Carlo standard errors) and sd ratios in 0.9-1.1
+recommended: the correct back-end that took the least time
+note: why a back-end did not apply or failed, and notes of the run""".splitlines())
+
+
+def jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(float(v)) else float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def rows(cmp: Any) -> list[dict[str, Any]]:
+    """The comparison table with the suite's columns: tree depth and SVI convergence added."""
+    out = []
+    for record in cmp.table.to_dict("records"):
+        res = cmp.results.get(record["backend"])
+        if res is not None:
+            stats = res.idata.get("sample_stats")
+            if stats is not None and "tree_depth" in stats:
+                depth = stats["tree_depth"].values
+                record["tree_depth_max"], record["tree_depth_mean"] = int(depth.max()), float(depth.mean())
+            record["converged"] = res.diagnostics.get("converged")
+            record["pareto_k"] = res.diagnostics.get("pareto_k", record.get("pareto_k"))
+        out.append({c: jsonable(record.get(c)) for c in COLUMNS})
+    return out
+
+
+def summary(name: str, table: list[dict[str, Any]]) -> str:
+    by = {r["backend"]: r for r in table}
+
+    def cell(label: str) -> str:
+        r = by.get(label)
+        if r is None or r["max_abs_z"] is None:
+            return "n/a" if r is None or "not applicable" in (r["note"] or "") else "failed"
+        extra = (f", {r['divergences']} div, depth {r['tree_depth_max']}" if label == "nuts" and r["tree_depth_max"]
+                 else f", {r['steps']} steps{'' if r['converged'] else ' (cap)'}" if label == "svi" else "")
+        sd = f"{r['sd_ratio_min']:.2f}-{r['sd_ratio_max']:.2f}"
+        return f"{'yes' if r['correct'] else 'no'} (|z| {r['max_abs_z']:.2f}, sd {sd}, {r['seconds']:.0f} s{extra})"
+
+    best = next((r["backend"] for r in table if r["recommended"]), "none")
+    return f"| {name} | {cell('nuts')} | {cell('svi')} | {best} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=zoo.list_models(source="posteriordb"))
+    parser.add_argument("--backends", help="comma-separated labels (default: every back-end of the model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "posteriordb.json")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.models) - set(zoo.list_models(source="posteriordb")))
+    if unknown:
+        parser.error(f"not in the posteriordb suite: {unknown}")
+    labels = args.backends.split(",") if args.backends else None
+    models, lines = [], []
+    for name in args.models:
+        spec = zoo.get_model(name)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cmp = zoo.compare(name, backends=labels, seed=args.seed)
+        table = rows(cmp)
+        print(f"\n## {name} ({time.perf_counter() - start:.0f} s)\n")
+        print(cmp.table[[c for c in ("backend", "seconds", "ess_bulk_min", "r_hat_max", "divergences", "steps",
+                                     "max_abs_z", "sd_ratio_min", "sd_ratio_max", "correct", "note")
+                         if c in cmp.table]].to_markdown(index=False, floatfmt=".3g"), flush=True)
+        exact = cmp.exact
+        models.append({"name": name, "posterior": exact.extra.get("posterior") if exact else None,
+                       "kind": spec.kind, "reference": exact.kind if exact else None,
+                       "scalars": int(sum(np.size(v) for v in exact.mean.values())) if exact else None,
+                       "nuts_options": dict(spec.backends.options.get("nuts", {})), "rows": table})
+        lines.append(summary(name, table))
+    print("\n| model | nuts correct | svi correct | recommended |\n|---|---|---|---|")
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    versions = {p: metadata.version(p) for p in ("torch", "pyro-ppl", "arviz", "numpy")}
+    command = " ".join(["python", "benchmarks/posteriordb_suite.py", *(argv if argv is not None else sys.argv[1:])])
+    args.out.write_text(json.dumps({"command": command, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
+                                    "versions": versions, "posteriordb_commit": POSTERIORDB_COMMIT,
+                                    "fields": FIELDS, "models": models}, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
