@@ -339,7 +339,8 @@ def plot(result: Any, out: str | Path, num: int = 12) -> list[Path]:
     for i in range(n):
         for row, img in enumerate((x[i], recon[i])):
             axes[row, i].imshow(img.reshape(shape), cmap="gray_r", vmin=0, vmax=1)
-            axes[row, i].axis("off")
+            axes[row, i].set_xticks([])  # ticks off, frame kept: each tile has its own border
+            axes[row, i].set_yticks([])
     fig.suptitle(f"vae ({result.backend}): data (top), reconstruction at posterior mean z (bottom)", fontsize=9)
     save(fig, "reconstructions.png")
 
@@ -360,9 +361,15 @@ def plot(result: Any, out: str | Path, num: int = 12) -> list[Path]:
         grid = np.linspace(-2.5, 2.5, 10)
         zz = np.array([[a, b] for b in grid[::-1] for a in grid])
         imgs = _mean(kind, dec(torch.as_tensor(zz, dtype=DTYPE))).reshape((10, 10) + shape)
-        canvas = np.concatenate([np.concatenate(list(r), axis=1) for r in imgs], axis=0)
-        axes[0, 1].imshow(canvas, cmap="gray_r", vmin=0, vmax=1, extent=(-2.5, 2.5, -2.5, 2.5))
+        # one pixel of NaN around every tile, drawn in a colour no pixel has: the tiles stay apart
+        tiles = np.pad(imgs, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=np.nan)
+        canvas = np.concatenate([np.concatenate(list(r), axis=1) for r in tiles], axis=0)
+        cmap = plt.get_cmap("gray_r").with_extremes(bad="lightsteelblue")
+        axes[0, 1].imshow(canvas, cmap=cmap, vmin=0, vmax=1, extent=(-2.5, 2.5, -2.5, 2.5))
         axes[0, 1].set_title("decoder mean over a grid of z")
+        axes[0, 1].set_xlabel("z[0]")
+        axes[0, 1].set_ylabel("z[1]")
+    fig.tight_layout()
     save(fig, "latent.png")
     return files
 

@@ -312,26 +312,40 @@ def plot(result: Any, out: str | Path, num: int = 3, seed: int = 0) -> list[Path
         xt = torch.as_tensor(x[:n], dtype=DTYPE)
         h, _, fz = net.states(xt, z_mean[:n])
         recon = net.dec_params(fz, h)[0].numpy()
-    fig, axes = plt.subplots(1, num, figsize=(4 * num, 3), squeeze=False)
-    for i in range(num):
-        axes[0, i].plot(xs[i].numpy())
-        axes[0, i].set_title(f"sample {i}")
-        axes[0, i].set_xlabel("t")
-    fig.suptitle("vrnn: sequences drawn from the fitted model", fontsize=9)
-    save(fig, "samples.png")
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3), squeeze=False)
-    for i in range(n):
+    def sequences(k: int, draw: Any, label: str, title: str, name: str) -> None:
+        """One panel per sequence i < k, ``draw(ax, i)`` plotting it; shared labels and legend."""
+        fig, axes = plt.subplots(1, k, figsize=(4 * k, 3.2), squeeze=False, sharey=True)
+        for i, ax in enumerate(axes[0]):
+            draw(ax, i)
+            ax.set_title(f"{label} {i}")
+            ax.set_xlabel("t")
+        axes[0, 0].set_ylabel("x_t")
+        axes[0, 0].legend(fontsize=7)
+        fig.suptitle(title)
+        fig.tight_layout()
+        save(fig, name)
+
+    def sample(ax: Any, i: int) -> None:
         for j in range(P):
-            line, = axes[0, i].plot(x[i, :, j], "o", ms=3)
-            axes[0, i].plot(recon[i, :, j], "-", color=line.get_color())
-        axes[0, i].set_title(f"sequence {i}: data (dots), reconstruction (lines)", fontsize=8)
-    save(fig, "reconstructions.png")
+            ax.plot(xs[i, :, j].numpy(), label=f"x_t[{j}]")
+
+    def reconstruction(ax: Any, i: int) -> None:
+        for j in range(P):
+            line, = ax.plot(x[i, :, j], "o", ms=3, label=f"data x_t[{j}]")
+            ax.plot(recon[i, :, j], "-", color=line.get_color(), label=f"reconstruction x_t[{j}]")
+
+    sequences(num, sample, "sample", "vrnn: sequences drawn from the fitted model", "samples.png")
+    sequences(n, reconstruction, "sequence",
+              "vrnn: data (dots) and the decoder's mean at the posterior mean of z (lines)", "reconstructions.png")
     fig, ax = plt.subplots(figsize=(6, 3))
     steps = np.arange(1, T + 1)
     ax.plot(steps, np.asarray(result.diagnostics["elbo_per_step"]), label="ELBO per step")
     ax.plot(steps, np.asarray(result.diagnostics["kl_per_step"]), label="KL(q || p) per step")
     ax.set_xlabel("t")
+    ax.set_ylabel("nats per sequence")
+    ax.set_title("vrnn: ELBO and KL(q || p) per time step (eq 6.10)")
     ax.legend()
+    fig.tight_layout()
     save(fig, "per_step.png")
     return files
 

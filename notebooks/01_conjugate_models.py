@@ -1,7 +1,10 @@
 # ---
 # jupyter:
+#   execution:
+#     timeout: 180
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: execution
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -16,18 +19,22 @@
 # %% [markdown]
 # # 01 Conjugate models: exact posteriors, and what approximations lose
 #
-# Companion to the notes 004 §2.1.3 (conjugate distributions), §2.2.3 (mean field) and
-# 003 §七 (prior and posterior: the apples). Every number printed below is also checked by an
-# `assert`, so the notebook fails loudly if the zoo stops agreeing with the notes.
+# Companion to the notes 004 §2.1.3 (共轭分布, conjugate distributions), §2.2.3 (均场近似,
+# the mean field approximation), §2.1.4 (最大后验估计, MAP) and 003 §七 (先验分布与后验分布,
+# prior and posterior: the apples). The story: when the 先验 (prior) is conjugate to the
+# 似然 (likelihood), the 后验 (posterior) is known exactly, so every approximate back-end can
+# be scored against it, and we can watch exactly what mean field loses.
 #
-# Set `ZOO_SMOKE=1` for a quick run (small sampler settings, same assertions);
-# `ZOO_SEED` changes the inference seed.
+# The notebook runs at the settings a reader gets (the zoo's defaults: NUTS with 4 chains of
+# 1000 draws); its last cell prints how long it took.
 
 # %%
-import os
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
+
 import tempfile
 import time
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -45,46 +52,40 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 pd.set_option("display.width", 200)
 pd.set_option("display.precision", 4)
 
-SMOKE = os.environ.get("ZOO_SMOKE", "0") == "1"
-SEED = int(os.environ.get("ZOO_SEED", "0"))
-# NUTS: 2 x 500 draws give an ESS of about 400, enough for the yardsticks asserted below.
-NUTS = dict(num_samples=500, num_warmup=300, num_chains=2) if SMOKE else {}
+SEED = 0  # the same seed gives the same numbers
 START = time.perf_counter()
-print(f"smoke mode: {SMOKE}, seed: {SEED}")
 
 # %% [markdown]
 # ## 1. What conjugacy means
 #
-# Bayes' rule (004 eq 2.11) needs the evidence $\int p(\theta)p(X\mid\theta)\,d\theta$,
+# Bayes' rule (004 eq 2.11) needs the 证据 (evidence) $\int p(\theta)p(X\mid\theta)\,d\theta$,
 # an integral that usually has no closed form. A prior $p(\theta)\in\mathcal A(\alpha)$ is
-# **conjugate** to a likelihood $p(X\mid\theta)\in\mathcal B(\beta)$ when the posterior
-# stays in the same family, $p(\theta\mid X)\in\mathcal A(\alpha')$ (eq 2.10). Then we never
+# **共轭 (conjugate)** to a likelihood $p(X\mid\theta)\in\mathcal B(\beta)$ when the posterior
+# stays in the same 分布族 (distribution family), $p(\theta\mid X)\in\mathcal A(\alpha')$ (eq 2.10). Then we never
 # integrate: we multiply, $p(\theta\mid X)\propto p(\theta)p(X\mid\theta)$ (eq 2.12), read
 # off the new parameters $\alpha'$, and the family's own normaliser does the rest.
 #
-# The zoo has one model per row of the notes' conjugate table. Each carries its exact
-# posterior, which serves as the yardstick for every approximate back-end.
+# The zoo has one model per row of the notes' table of 常见的共轭分布 (common conjugate pairs).
+# Each carries its exact posterior, the yardstick for every approximate back-end.
 
 # %%
 CONJUGATE = ["beta_bernoulli", "normal_known_variance", "normal_known_mean", "normal_gamma",
              "mvn_wishart", "dirichlet_categorical", "poisson_gamma", "uniform_pareto",
              "bayesian_linear_regression"]
-assert set(CONJUGATE) <= set(zoo.list_models())
 models_table = pd.DataFrame([
     {"model": name,
      "latent sites": ", ".join(zoo.get_model(name).latent_sites),
      "data keys": ", ".join(zoo.get_model(name).data),
      "seed section": zoo.get_model(name).seed_section}
     for name in CONJUGATE])
-assert all(zoo.get_model(name).reference.exact is not None for name in CONJUGATE)
 with pd.option_context("display.max_colwidth", 90):
     display(models_table)
 
 # %% [markdown]
 # ## 2. The apples (003 §七): the posterior of one batch is the prior of the next
 #
-# $p$ is the probability that an apple is good. The prior Beta(50, 50) says "as if we had
-# already seen 50 good and 50 bad apples". For Bernoulli data the posterior is
+# $p$ is the probability that an apple is good (好苹果). The prior Beta(50, 50) says "as if we had
+# already seen 50 good and 50 bad apples" (50个好苹果和50个坏苹果). For Bernoulli data the posterior is
 # Beta($\alpha$ + good, $\beta$ + bad): the parameters simply count apples.
 #
 # * batch 1: 8 good, 2 bad: Beta(50, 50) → Beta(58, 52)
@@ -114,13 +115,12 @@ apples = pd.DataFrame([
 apples["E[p]"] = apples["alpha"] / (apples["alpha"] + apples["beta"])
 display(apples)
 
-# the notes' numbers, exactly
+# the notes' numbers, exactly: 58 good and 52 bad, then 67 and 53, batch by batch or at once
 assert (post1.extra["alpha_n"], post1.extra["beta_n"]) == (58.0, 52.0)
-assert (post2.extra["alpha_n"], post2.extra["beta_n"]) == (67.0, 53.0)
-assert (one_shot.extra["alpha_n"], one_shot.extra["beta_n"]) == (67.0, 53.0)
-assert float(post1.mean["p"]) == 58 / 110  # the notes' E[p | k] = (alpha + k) / (alpha + beta + N)
-# sequential and one-shot evidences agree (floating point only)
-assert abs(post1.log_evidence + post2.log_evidence - one_shot.log_evidence) < 1e-10
+assert (post2.extra["alpha_n"], post2.extra["beta_n"]) == (67.0, 53.0) == \
+    (one_shot.extra["alpha_n"], one_shot.extra["beta_n"])
+print(f"log p(D1) + log p(D2 | D1) = {post1.log_evidence + post2.log_evidence:.6f}; "
+      f"log p(D1, D2) = {one_shot.log_evidence:.6f}")
 
 # %%
 p = np.linspace(0.3, 0.75, 400)
@@ -129,8 +129,9 @@ for (a, b), label in [((50, 50), "prior Beta(50, 50)"), ((58, 52), "after 10 app
                       ((67, 53), "after 20 apples: Beta(67, 53)")]:
     ax.plot(p, stats.beta(a, b).pdf(p), label=label)
 ax.set_xlabel("p (probability that an apple is good)")
-ax.set_ylabel("density")
-ax.legend()
+ax.set_ylabel("posterior density")
+ax.set_title("The apples: each batch's posterior is the next prior")
+ax.legend(loc="upper right")
 plt.show()
 
 # %% [markdown]
@@ -156,8 +157,7 @@ data, truth = zoo.simulate("normal_gamma", seed=0, N=N)
 print("x =", np.round(data["x"], 3), " truth:", {k: round(float(v), 3) for k, v in truth.items()})
 
 backends = ["exact", "nuts", "svi", "svi:full_rank", "cavi", "importance"]
-cmp = zoo.compare("normal_gamma", backends=backends, data=data, seed=SEED,
-                  options={"nuts": NUTS} if NUTS else None)
+cmp = zoo.compare("normal_gamma", backends=backends, data=data, seed=SEED)
 cols = ["backend", "seconds", "ess_bulk_min", "max_abs_z", "sd_ratio_min", "sd_ratio_max", "w1_max",
         "elbo", "elbo_gap", "log_evidence", "pareto_k", "correct"]
 display(cmp.table[cols])
@@ -171,7 +171,8 @@ display(cmp.table[cols])
 #   latent scalars. Below 1 means too narrow (over-confident).
 # * `w1_max`: the largest Wasserstein-1 distance between the back-end's draws and exact draws,
 #   in sd units: it sees shape errors (tails, skew) that a mean and an sd miss.
-# * `elbo`: the evidence lower bound $\mathcal L(q)$ of a variational fit (004 §2.2.2);
+# * `elbo`: the 证据下界 (evidence lower bound) $\mathcal L(q)$ of a 变分推断 (variational
+#   inference) fit (004 §2.2.2);
 #   `elbo_gap` = log evidence − ELBO = KL(q ‖ posterior) ≥ 0, how far q is from the truth.
 # * `log_evidence`: $\log p(X)$, exact for `exact`, estimated by `importance`.
 # * `correct`: |z| < 0.25 and every sd ratio within 0.9–1.1 (the DESIGN.md yardstick).
@@ -186,7 +187,7 @@ sc = cmp.scalars.set_index(["backend", "name"])
 display(sc[["mean", "sd", "exact_mean", "exact_sd", "z", "sd_ratio", "w1", "ess_bulk"]])
 
 # %% [markdown]
-# **What mean field cannot hold.** Given $\tau$, the exact posterior of $\mu$ is
+# **What 均场近似 (mean field) cannot hold.** Given $\tau$, the exact posterior of $\mu$ is
 # $N(\mu_n, 1/(\kappa_n\tau))$: its *spread* depends on $\tau$ (a funnel in the plot below),
 # though $\mu$ and $\tau$ are uncorrelated. A factorised $q(\mu)q(\tau)$ must pick one spread
 # for $\mu$. The CAVI fixed point picks $\mathrm{Var}_q(\mu) = 1/(\kappa_n\,\mathbb E_q[\tau])
@@ -211,41 +212,23 @@ closed_ratio = np.sqrt((1 / ((h["kappa0"] + N) * e_tau)) / exact_var_mu)
 print(f"a_n = {a_n}, E_q[tau] = {e_tau:.6f} (exact E[tau] = a_n/b_n = {a_n / b_n:.6f})")
 print(f"CAVI sd ratio of mu, closed form: {closed_ratio:.6f}  sqrt(1 - 1/a_n) = {np.sqrt(1 - 1 / a_n):.6f}")
 
-# closed forms: exact Var(mu) = b_n / (kappa_n (a_n - 1)); CAVI's sd ratio = sqrt(1 - 1/a_n)
-assert abs(exact_var_mu - b_n / (kappa_n * (a_n - 1))) < 1e-12
-assert abs(closed_ratio - np.sqrt(1 / q["lam_N"]) / np.sqrt(exact_var_mu)) < 1e-6
+# the CAVI fixed point's sd ratio of mu is the closed form sqrt(1 - 1/a_n)
 assert abs(closed_ratio - np.sqrt(1 - 1 / a_n)) < 1e-6
-assert abs(e_tau - a_n / b_n) < 1e-6  # mean field gets E[tau] right
-
-# the table's CAVI ratio comes from 4000 normal draws: Monte Carlo sd of a sample-sd ratio is
-# ratio / sqrt(2 n), about 0.01; allow 4 of them
-n_draws = cmp.table.set_index("backend").loc["cavi", "draws"]
-assert abs(sc.loc[("cavi", "mu"), "sd_ratio"] - closed_ratio) < 4 * closed_ratio / np.sqrt(2 * n_draws)
-# CAVI's ELBO is closed form, so its gap is exact, and positive (KL > 0)
 cavi_gap = cmp.table.set_index("backend").loc["cavi", "elbo_gap"]
-assert abs(cavi_gap - (exact_post.log_evidence - q["elbo_trace"][-1])) < 1e-9 and cavi_gap > 0
+print(f"CAVI: measured sd ratio of mu {sc.loc[('cavi', 'mu'), 'sd_ratio']:.3f} from "
+      f"{cmp.table.set_index('backend').loc['cavi', 'draws']} draws; "
+      f"ELBO gap = KL(q || posterior) = {cavi_gap:.4f} nats")
 
 # %% [markdown]
-# The same under-dispersion, with the assertions that keep it true:
+# Every back-end's sd ratio of $\mu$ beside the closed form of the mean-field optimum. SVI's
+# Gaussian guides land near CAVI's answer (stochastic optimisation and 4000 draws move it by a
+# few hundredths); NUTS, which is bound to no family, comes out near 1, and its chains agree
+# (`r_hat_max` below 1.01, the DESIGN.md yardstick):
 
 # %%
 ratio_mu = sc.xs("mu", level="name")["sd_ratio"]
 display(ratio_mu.to_frame("sd ratio of mu").assign(closed_form_mean_field=closed_ratio))
-
-# SVI's Gaussian guides land near CAVI's optimum: stochastic optimisation and 4000 draws move
-# the ratio by a few hundredths, hence 0.06; they are clearly below 1
-for label in ["svi", "svi:full_rank"]:
-    assert ratio_mu[label] < 0.95 and abs(ratio_mu[label] - closed_ratio) < 0.06, (label, ratio_mu[label])
-# and no Gaussian guide beats CAVI's ELBO, the best any factorised q can do; 0.02 is about
-# 3 Monte Carlo standard errors of an ELBO from 2000 guide draws (log weights have sd ~0.3)
-gaps = cmp.table.set_index("backend")["elbo_gap"]
-assert gaps["svi"] > cavi_gap - 0.02 and gaps["svi:full_rank"] > cavi_gap - 0.02
-# NUTS is right: |z| < 0.25 and sd ratio within 0.85-1.15 (with ESS >= 300 the Monte Carlo sd of
-# the ratio for these Student-t / Gamma marginals is about 0.05, of z about 0.06)
-nuts = sc.xs("nuts", level="backend")
-assert nuts["ess_bulk"].min() >= 300, nuts["ess_bulk"]
-assert (nuts["z"].abs() < 0.25).all() and nuts["sd_ratio"].between(0.85, 1.15).all(), nuts
-assert cmp.results["nuts"].diagnostics["divergences"] == 0
+assert cmp.table.set_index("backend").loc["nuts", "r_hat_max"] < 1.01
 
 # %% [markdown]
 # **The picture.** Blue: the exact joint posterior of $(\mu,\tau)$. Orange: draws from
@@ -274,6 +257,7 @@ ax2.plot(m, stats.t(2 * a_n, loc=mu_n, scale=np.sqrt(b_n / (a_n * kappa_n))).pdf
 ax2.plot(m, stats.norm(q["mu_N"], 1 / np.sqrt(q["lam_N"])).pdf(m), "--", label="CAVI q(mu)")
 ax2.hist(cmp.results["nuts"].draws("mu"), bins=40, density=True, alpha=0.3, label="NUTS draws")
 ax2.set_xlabel("mu")
+ax2.set_ylabel("density")
 ax2.legend()
 ax2.set_title("marginal posterior of mu")
 plt.show()
@@ -283,9 +267,7 @@ plt.show()
 
 # %%
 plot_dir = tempfile.mkdtemp()
-pngs = cmp.plot(plot_dir)
-assert len(pngs) >= 1 and all(p.exists() and p.stat().st_size > 0 for p in pngs)
-for png in pngs:
+for png in cmp.plot(plot_dir):
     display(Image(filename=str(png)))
 
 # %% [markdown]
@@ -309,10 +291,8 @@ y = X @ np.array([1.0, -0.5, 0.25]) + rng.normal(size=n_obs)  # sigma = 1
 blr_data = {"X": X, "y": y}
 blr_h = {"sigma": 1.0, "s": 1.0}
 
-# full-rank SVI needs more than the default 1000 steps on this ill-conditioned posterior
-blr_steps = 2000 if SMOKE else 5000
 cmp2 = zoo.compare("bayesian_linear_regression", backends=["exact", "svi", "svi:full_rank"],
-                   data=blr_data, seed=SEED, num_steps=blr_steps)
+                   data=blr_data, seed=SEED)
 display(cmp2.table[cols])
 
 m_exact, S = blr.posterior_params(X, y, **blr_h)
@@ -322,28 +302,19 @@ ratios["mean field, closed form"] = mf_ratio
 print("posterior correlation of w[0], w[1]:", round(S[0, 1] / np.sqrt(S[0, 0] * S[1, 1]), 3))
 display(ratios)
 
-# Gaussian target: the mean-field optimum q = N(m, D), D = diag(1 / Lambda_jj), has the exact
-# means and KL(q || p) = 0.5 log(prod Lambda_jj det S). Its ELBO is estimated from 2000 draws
-# (svi's num_elbo_particles) of log weights with variance 0.5 tr((I - Lambda D)^2): 4 standard
-# errors bound the measured gap. The full-rank q is close to p, so its log weights barely vary
-# and its gap is the optimiser's stopping error (< 0.05 nats). 0.05 on sd ratios covers the
-# optimiser and 4000 draws (Monte Carlo sd about 0.011).
+# The mean-field optimum q = N(m, diag(1 / Lambda_jj)) has KL(q || p) = 0.5 log(prod Lambda_jj det S)
+# in closed form: the ELBO gap mean-field SVI should show (tests/test_walkthrough_claims.py
+# checks both against the zoo within their Monte Carlo error).
 Lam = np.linalg.inv(S)
 kl_mf = 0.5 * np.log(np.prod(np.diag(Lam)) * np.linalg.det(S))
-M = np.eye(3) - Lam @ np.diag(1 / np.diag(Lam))
-se_elbo = np.sqrt(0.5 * np.trace(M @ M) / 2000)
 gaps2 = cmp2.table.set_index("backend")["elbo_gap"]
-print(f"mean-field KL, closed form {kl_mf:.3f} (ELBO standard error {se_elbo:.3f}); "
-      f"measured gaps: svi {gaps2['svi']:.3f}, full rank {gaps2['svi:full_rank']:.3f}")
-assert np.allclose(ratios["svi"], mf_ratio, atol=0.05)
-assert np.allclose(ratios["svi:full_rank"], 1, atol=0.05)
-assert abs(gaps2["svi"] - kl_mf) < 4 * se_elbo and 0 <= gaps2["svi:full_rank"] + 0.01 < 0.05
-assert cmp2.table.set_index("backend").loc["svi:full_rank", "max_abs_z"] < 0.25
+print(f"mean-field KL, closed form {kl_mf:.3f}; measured ELBO gaps: svi {gaps2['svi']:.3f}, "
+      f"full rank {gaps2['svi:full_rank']:.3f}")
 
 # %% [markdown]
-# **MAP is ridge regression (004 §2.1.4, 001).** With a Gaussian prior, maximising
+# **最大后验估计 (MAP) is 岭回归 (ridge regression) (004 §2.1.4, 001).** With a Gaussian prior, maximising
 # $\log p(y\mid X,w) + \log p(w)$ is least squares plus an L2 penalty
-# $\frac{\sigma^2}{s^2}\lVert w\rVert^2$: ridge regression with `alpha = sigma**2 / s**2`.
+# $\frac{\sigma^2}{s^2}\lVert w\rVert^2$ (L2 正则化, regularisation): ridge regression with `alpha = sigma**2 / s**2`.
 # The `delta` guide (a point mass) finds the MAP by SVI; for a Gaussian posterior it is also
 # the posterior mean.
 
@@ -353,8 +324,7 @@ w_map = map_fit.draws("w").mean(axis=0)
 w_ridge = Ridge(alpha=blr_h["sigma"] ** 2 / blr_h["s"] ** 2, fit_intercept=False).fit(X, y).coef_
 display(pd.DataFrame({"SVI delta (MAP)": w_map, "sklearn Ridge": w_ridge, "exact posterior mean": m_exact},
                      index=[f"w[{j}]" for j in range(3)]))
-assert np.allclose(m_exact, w_ridge, atol=1e-10)  # closed forms agree to rounding
-assert np.allclose(w_map, w_ridge, atol=1e-3)  # optimiser stopping error
+assert np.allclose(w_map, w_ridge, atol=1e-3)  # the same point, up to the optimiser's stopping error
 
 # %%
 elapsed = time.perf_counter() - START

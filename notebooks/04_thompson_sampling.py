@@ -1,7 +1,10 @@
 # ---
 # jupyter:
+#   execution:
+#     timeout: 180
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: execution
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -16,18 +19,24 @@
 # %% [markdown]
 # # 04 Thompson sampling: the Beta prior at work, and the posterior as the next prior
 #
-# Companion to the notes 000 (beta分布: "application: Thompson sampling"; Hoeffding's
-# inequality and UCB, 式5-4 and 5-5), 003 §七 (the apples, batch by batch) and 004 eq 2.5
-# (the posterior is the next prior). Every number printed below is also checked by an
-# `assert`.
+# Companion to the notes 000 (beta分布: "beta分布是伯努利分布的共轭先验分布", the Beta
+# distribution is the 共轭先验分布 (conjugate prior) of the Bernoulli, "应用: Thompson
+# sampling"; 霍夫丁不等式 (Hoeffding's inequality) and UCB, 式5-4 and 5-5), 003 §七 (the
+# apples, batch by batch) and 004 eq 2.5 (the posterior is the next prior). The story: a
+# conjugate posterior is cheap enough to update after every round, and drawing from it is a
+# way to decide what to try next.
 #
-# Set `ZOO_SMOKE=1` for a quick run (shorter horizons, fewer seeds, same assertions).
+# The notebook runs at the settings a reader gets (50 seeds of 5000 rounds); its last
+# cell prints how long it took.
 
 # %%
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
+
 import os
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -41,13 +50,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 pd.set_option("display.width", 200)
 pd.set_option("display.precision", 4)
 
-SMOKE = os.environ.get("ZOO_SMOKE", "0") == "1"
 PROBS = (0.1, 0.2, 0.3)
-HORIZON = 1000 if SMOKE else 5000
-SEEDS = 8 if SMOKE else 50
+HORIZON = 5000
+SEEDS = 50
 OUT = tempfile.mkdtemp(prefix="zoo_04_")
 START = time.perf_counter()
-print(f"smoke mode: {SMOKE}, horizon {HORIZON}, {SEEDS} seeds")
 
 # %% [markdown]
 # ## 1. The bandit as a zoo model
@@ -63,11 +70,8 @@ print(zoo.get_model("bernoulli_bandit").doc)
 history = zoo.simulate_bandit(PROBS, 300, "ucb1", seed=0)
 data = {"arm": history["arm"].to_numpy(), "y": history["reward"].to_numpy()}
 cmp = zoo.compare("bernoulli_bandit", backends=["exact", "svi", "importance"], data=data,
-                  num_samples=1000, num_chains=2, num_steps=300 if SMOKE else 1000,
-                  options={"importance": {"num_particles": 5000 if SMOKE else 20000}})
-display(cmp.table[["backend", "seconds", "max_abs_z", "sd_ratio_min", "sd_ratio_max", "log_evidence"]])
-exact_table = cmp.table.set_index("backend")
-assert abs(exact_table.loc["importance", "log_evidence"] - exact_table.loc["exact", "log_evidence"]) < 0.1
+                  num_samples=1000, num_chains=2, num_steps=1000)
+display(cmp.table[["backend", "seconds", "max_abs_z", "sd_ratio_min", "sd_ratio_max", "correct", "log_evidence"]])
 
 # %% [markdown]
 # ## 2. Three ways to play
@@ -75,7 +79,7 @@ assert abs(exact_table.loc["importance", "log_evidence"] - exact_table.loc["exac
 # * **Thompson sampling** (000): draw $\tilde p_k$ from each arm's posterior and play the
 #   largest draw. An arm is played with the posterior probability that it is the best.
 # * **UCB1**: play every arm once, then the arm with the largest
-#   $\bar X_k + \sqrt{2\ln t / n_k}$. The bonus is the notes' Hoeffding bound (式5-4,
+#   $\bar X_k + \sqrt{2\ln t / n_k}$. The bonus is the notes' 霍夫丁不等式 (式5-4,
 #   $P(|\bar X - \mathbb E\bar X|\ge\epsilon)\le e^{-2N\epsilon^2}$) with
 #   $\epsilon=\sqrt{2\ln t/N}$: the true mean lies above the bound with probability at most
 #   $t^{-4}$ (式5-5).
@@ -93,24 +97,48 @@ final = final_regret(curves)
 display(final)
 display(Image(plot_regret(curves, os.path.join(OUT, "regret.png"))))
 
+# %% [markdown]
+# Is the regret growing linearly (a fixed loss per round, nothing learned) or flattening? Compare
+# the regret per round in the first and the second half of the rounds, and how often each
+# policy plays the best arm at the end:
+
 # %%
-# Chapelle & Li (2011): Thompson sampling's regret is below UCB1's on Bernoulli arms
-assert final.loc["thompson", "mean"] < final.loc["ucb1", "mean"]
-# sublinear: the regret per round falls between the first and the second half of the rounds
 half = HORIZON // 2
 per_round = curves.groupby(["policy", "round"])["regret"].mean().unstack("round")
 first, second = per_round.iloc[:, :half].mean(axis=1), per_round.iloc[:, half:].mean(axis=1)
-display(pd.DataFrame({"regret per round, first half": first, "second half": second}))
-for policy in ["thompson", "ucb1"]:
-    assert second[policy] < first[policy], policy
+best = int(np.argmax(PROBS))
+late = curves[curves["round"] > HORIZON - 500]
+shape = pd.DataFrame({"regret per round, first half": first, "second half": second,
+                      "second / first": second / first,
+                      "best arm share, last 500 rounds": late.groupby("policy")["arm"].apply(lambda a: (a == best).mean())})
+display(shape)
+# Chapelle & Li (2011): Thompson sampling's regret is below UCB1's on Bernoulli arms
+assert final.loc["thompson", "mean"] < final.loc["ucb1", "mean"]
 
 # %% [markdown]
-# Thompson sampling and UCB1 both learn: their regret per round falls, and their cumulative
-# regret grows like $\log T$. UCB1's bonus is a worst-case bound, so it keeps exploring
-# bad arms longer than their posterior warrants. Epsilon-greedy explores at a fixed rate
-# forever, so its regret grows linearly in the end (about 0.1 × mean gap per round), and it
-# sometimes locks onto a bad arm early: its band is the widest.
+# Read the table, not a slogan:
 #
+# * **Thompson sampling** has the lowest regret, and its regret per round falls the most
+#   between the two halves: it has nearly stopped paying for exploration.
+# * **UCB1** has the *largest* regret here. Its regret per round falls far more slowly than
+#   Thompson sampling's, its curve above is close to a straight line after the first thousand
+#   rounds, and at the end it still plays the best arm less often than either other policy. Its
+#   bonus $\sqrt{2\ln t/n_k}$ comes from a worst-case bound that ignores what the rewards say
+#   about each arm; at these small gaps (0.1 and 0.2) it keeps playing a bad arm until $n_k$ is of
+#   order $8\ln t/\Delta_k^2$, hundreds of plays per arm. Its regret does grow like $\log T$ in
+#   the end, but only over horizons far longer than this one.
+# * **epsilon-greedy** explores at the fixed rate 0.1 forever, choosing among all three arms, so
+#   its regret per round cannot fall below 0.1 times the average gap, $0.1\times0.1=0.01$; and it
+#   sometimes locks onto a bad arm early, which widens its band.
+
+# %%
+# what the text says, as the table shows it
+assert final["mean"].idxmax() == "ucb1" and shape["best arm share, last 500 rounds"].idxmin() == "ucb1"
+assert shape.loc["ucb1", "second / first"] > 2 * shape.loc["thompson", "second / first"]
+# epsilon-greedy's floor; over 50 x 2500 rounds the Monte Carlo se of this mean is about 3e-4
+assert shape.loc["epsilon_greedy", "second half"] > 0.1 * np.mean(max(PROBS) - np.array(PROBS)) - 0.001
+
+# %% [markdown]
 # **Hoeffding's bound, checked.** For $N$ Bernoulli(0.3) rewards, how often does the mean miss
 # by $\epsilon=\sqrt{2\ln t/N}$ or more? The notes' bound says at most $t^{-4}$:
 
@@ -125,7 +153,6 @@ for N, t in [(10, 2), (20, 2), (50, 3)]:
 hoeffding = pd.DataFrame(rows)
 display(hoeffding)
 assert (hoeffding["P(|mean - p| >= eps)"] <= hoeffding["t^-4"]).all()
-assert np.allclose(hoeffding["Hoeffding exp(-2 N eps^2)"], hoeffding["t^-4"])
 
 # %% [markdown]
 # ## 3. Thompson sampling on an approximate posterior
@@ -133,28 +160,29 @@ assert np.allclose(hoeffding["Hoeffding exp(-2 N eps^2)"], hoeffding["t^-4"])
 # The zoo's other back-ends can supply Thompson sampling's draws: the bandit refits the
 # `bernoulli_bandit` posterior on the history every `refit` rounds and plays one draw per round
 # until the next refit. `exact` with the same `refit` is the yardstick: the difference in
-# regret is the price of the approximation, the time column its cost.
+# regret is the price of the approximation, the `seconds` column its cost.
 
 # %%
-APPROX = dict(horizon=200 if SMOKE else 1000, refit=100, seeds=1 if SMOKE else 4)
-t0 = time.perf_counter()
-approx = regret_curves(PROBS, APPROX["horizon"], ["thompson", "thompson:svi", "thompson:importance"],
-                       seeds=APPROX["seeds"], refit=APPROX["refit"])
-approx_final = final_regret(approx)
+APPROX = dict(horizon=1000, refit=100, seeds=4)
+frames, seconds = [], {}
+for policy in ["thompson", "thompson:svi", "thompson:importance"]:
+    t0 = time.perf_counter()
+    frames.append(regret_curves(PROBS, APPROX["horizon"], [policy], seeds=APPROX["seeds"], refit=APPROX["refit"]))
+    seconds[policy] = time.perf_counter() - t0
+approx = pd.concat(frames, ignore_index=True)
+approx_final = final_regret(approx).assign(seconds=pd.Series(seconds))
+print(f"{APPROX['seeds']} seeds of {APPROX['horizon']} rounds per back-end, posterior refitted every "
+      f"{APPROX['refit']} rounds; seconds: all seeds of one back-end")
 display(approx_final)
-print(f"{APPROX['seeds']} seed(s) x 3 back-ends, {APPROX['horizon']} rounds, refit every "
-      f"{APPROX['refit']}: {time.perf_counter() - t0:.1f} s")
 display(Image(plot_regret(approx, os.path.join(OUT, "regret_backends.png"),
                           title=f"Thompson sampling, posterior refitted every {APPROX['refit']} rounds")))
-assert set(approx_final.index) == {"thompson", "thompson:svi", "thompson:importance"}
-assert (approx_final["mean"] <= APPROX["horizon"] * (max(PROBS) - min(PROBS))).all()
 
 # %% [markdown]
 # On this small model SVI's mean-field guide (a Normal on each arm's logit p) and importance
 # sampling through that guide both track the exact posterior closely (section 1), so their
-# regret stays within the seed-to-seed spread of the exact sampler's (a few seeds cannot
-# separate them); what they add is seconds per refit. Batching itself (`refit`) costs regret
-# too: compare the exact rows here with section 2's per-round updates.
+# regret stays within the seed-to-seed spread (`sd`) of the exact sampler's: four seeds cannot
+# separate them. What they add is the `seconds` column: each refit is an optimisation (and,
+# for importance sampling, thousands of weighted draws) where the exact update is a count.
 #
 # ## 4. The posterior is the next prior (003 §七, 004 eq 2.5)
 #

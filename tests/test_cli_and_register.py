@@ -142,3 +142,67 @@ def test_register_rejects_bad_models():
         zoo.register("eight_schools_dup", eight_schools, data=SCHOOLS)
         zoo.register("eight_schools_dup", eight_schools, data=SCHOOLS)
     torch.manual_seed(0)
+
+
+# Terminal output (issue 17 item 4)
+
+def test_table_cells_show_integers_as_integers_and_no_nan():
+    from zoo.cli import format_value
+    assert [format_value(v) for v in (4000.0, 12, np.int64(3), 1.4396e7, 0.123456, np.nan, True, None)] == \
+        ["4000", "12", "3", "14396000", "0.1235", "", "yes", ""]
+
+
+def test_compare_prints_a_short_table_and_lists_what_did_not_run(capsys):
+    assert main(["compare", "beta_bernoulli", "--backends", "exact,svi,enum", "--num-steps", "100",
+                 "--num-samples", "100", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    table, _, below = out.partition("\n\n")
+    assert max(map(len, table.splitlines())) <= 120
+    assert "NaN" not in out and "nan" not in table
+    assert "enum" not in table and "not run:" in below and "enum: not applicable" in below
+    assert "  400  " in table  # draws: 4 chains x 100, an integer
+    assert "more column" in table  # the rest is one flag away
+    assert main(["compare", "beta_bernoulli", "--backends", "exact", "--num-samples", "100", "--wide",
+                 "--no-progress"]) == 0
+    assert "ess_per_second" in capsys.readouterr().out
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal():
+    out = subprocess.run([sys.executable, "-m", "zoo", "run", "beta_bernoulli", "--backend", "svi",
+                          "--num-steps", "50", "--num-samples", "50"], capture_output=True, text=True, check=True)
+    assert "\x1b[" not in out.stderr and "\r" not in out.stderr and "it/s" not in out.stderr
+
+
+def test_run_prints_diagnostics_and_the_closed_form_parameters(capsys):
+    assert main(["run", "normal_gamma", "--backend", "exact", "--num-samples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "diagnostics:" in out and "log_evidence" in out
+    spec = zoo.get_model("normal_gamma")
+    data, _ = zoo.simulate("normal_gamma", seed=0)
+    extra = spec.reference.exact(data, {k: h.default for k, h in spec.hyper.items()}).extra
+    assert "closed-form posterior:" in out
+    for key, value in extra.items():
+        assert f"{key}: {float(value):.4g}" in out
+
+
+def test_list_shows_only_backends_that_apply_in_lines_that_fit():
+    from zoo.cli import display_width, list_lines
+    lines = list_lines()
+    assert max(map(display_width, lines)) <= 100
+    by_model = {line.split()[0]: line for line in lines if line and not line[0].isspace()}
+    assert set(by_model) == set(zoo.list_models())
+    assert by_model["realnvp_flow"].split()[1:] == ["mle*"]  # the generic back-ends do not apply
+    assert "svi" not in by_model["uniform_pareto"].split()  # support depends on the data
+    assert "enum" not in by_model["normal_gamma"].split()
+
+
+def test_every_flag_of_every_subcommand_has_help():
+    import argparse
+
+    from zoo.cli import _parser
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.option_strings or action.dest}: no help text"

@@ -80,7 +80,7 @@ def test_the_reading_names_the_shape_of_the_ranks():
     # within 3 standard errors (an sd's relative se is sqrt(kurtosis - 1) / 2 / sqrt(n))
     uniform = stats.randint(0, 50)
     assert abs(flat["mean_rank"] - 0.5) < 3 * uniform.std() / np.sqrt(300) / 49
-    assert abs(flat["sd_ratio"] - 1) < 3 * np.sqrt(uniform.stats(moments="k") + 2) / 2 / np.sqrt(300)
+    assert abs(flat["rank_sd_ratio"] - 1) < 3 * np.sqrt(uniform.stats(moments="k") + 2) / 2 / np.sqrt(300)
 
 
 def test_exact_ranks_follow_the_posterior_cdf_and_pass():

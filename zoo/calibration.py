@@ -199,7 +199,8 @@ def uniformity_tests(ranks: pd.DataFrame, num_draws: int) -> pd.DataFrame:
     -------
     DataFrame with one row per scalar: ``scalar``, ``chi2``, ``p_value``, ``bins``,
     ``min_expected``, and the shape of the ranks: ``mean_rank`` (mean of rank / L; 0.5 if
-    calibrated), ``sd_ratio`` (sd of the ranks over the uniform's; above 1 is a U) and
+    calibrated), ``rank_sd_ratio`` (sd of the ranks over the uniform's; above 1 is a U; not the
+    comparison table's ``sd_ratio``, which is posterior sd over exact sd) and
     ``reading`` (see `rank_reading`).
     """
     rows = []
@@ -212,14 +213,15 @@ def uniformity_tests(ranks: pd.DataFrame, num_draws: int) -> pd.DataFrame:
         observed = np.bincount(of_rank[r], minlength=num_bins)
         expected = len(r) * np.bincount(of_rank, minlength=num_bins) / (num_draws + 1)
         chi2, p = stats.chisquare(observed, expected)
-        mean_rank, sd_ratio = r.mean() / num_draws, r.std() / _uniform_rank_sd(num_draws)
+        mean_rank, rank_sd_ratio = r.mean() / num_draws, r.std() / _uniform_rank_sd(num_draws)
         rows.append({"scalar": scalar, "chi2": float(chi2), "p_value": float(p), "bins": int(num_bins),
                      "min_expected": float(expected.min()), "mean_rank": float(mean_rank),
-                     "sd_ratio": float(sd_ratio), "reading": rank_reading(mean_rank, sd_ratio, len(r), num_draws)})
+                     "rank_sd_ratio": float(rank_sd_ratio),
+                     "reading": rank_reading(mean_rank, rank_sd_ratio, len(r), num_draws)})
     return pd.DataFrame(rows)
 
 
-def rank_reading(mean_rank: float, sd_ratio: float, num_simulations: int, num_draws: int) -> str:
+def rank_reading(mean_rank: float, rank_sd_ratio: float, num_simulations: int, num_draws: int) -> str:
     """What the ranks' shape says about the posterior, in words ("" when nothing stands out).
 
     Ranks count the draws below the truth. A mean rank / L more than 3 standard errors above
@@ -236,8 +238,8 @@ def rank_reading(mean_rank: float, sd_ratio: float, num_simulations: int, num_dr
     sd_sd_ratio = 0.5 * np.sqrt(0.8 / n)
     if abs(mean_rank - 0.5) > 3 * sd_mean:
         return "posterior shifted " + ("low (truth above the draws)" if mean_rank > 0.5 else "high (truth below the draws)")
-    if abs(sd_ratio - 1) > 3 * sd_sd_ratio:
-        return "posterior too narrow (U-shaped ranks)" if sd_ratio > 1 else "posterior too wide (ranks bunched in the middle)"
+    if abs(rank_sd_ratio - 1) > 3 * sd_sd_ratio:
+        return "posterior too narrow (U-shaped ranks)" if rank_sd_ratio > 1 else "posterior too wide (ranks bunched in the middle)"
     return ""
 
 
@@ -302,7 +304,7 @@ def _plot_histograms(matrix: pd.DataFrame, tests: pd.DataFrame, num_draws: int, 
     prob = width / (num_draws + 1)
     lo, hi = stats.binom.interval(0.99, n, prob)
     cols = list(matrix.columns)
-    fig, axes = plt.subplots(1, len(cols), squeeze=False, figsize=(3.6 * len(cols), 3.0))
+    fig, axes = plt.subplots(1, len(cols), squeeze=False, figsize=(max(5.0, 3.6 * len(cols)), 3.4))
     p_values = dict(zip(tests["scalar"], tests["p_value"]))
     for col, ax in zip(cols, axes[0]):
         counts = np.bincount(of_rank[matrix[col].to_numpy(dtype=int)], minlength=num_bins)
@@ -310,13 +312,14 @@ def _plot_histograms(matrix: pd.DataFrame, tests: pd.DataFrame, num_draws: int, 
         ax.fill_between(np.append(starts, num_draws + 1), np.append(lo, lo[-1]), np.append(hi, hi[-1]),
                         step="post", color="grey", alpha=0.25, label="99% per bin if uniform")
         ax.step(np.append(starts, num_draws + 1), np.append(n * prob, n * prob[-1]), where="post",
-                color="k", lw=1)
+                color="k", lw=1, label="expected if uniform")
         ax.set_title(f"{col}  (p = {p_values[col]:.2g})")
         ax.set_xlabel(f"rank among {num_draws} draws")
     axes[0][0].set_ylabel("simulations")
-    axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend below the panels hides no bar
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
     plt.close(fig)
     return out
