@@ -43,7 +43,7 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 
-from zoo.core.problem import DTYPE, Problem
+from zoo.core.problem import DTYPE, Problem, traceable
 from zoo.inference.common import padded, vectorised_over
 
 MAX_ENERGY_ERROR = 1000.0
@@ -85,7 +85,7 @@ class BatchedPotential:
         if problem.discrete_sites:
             return f"discrete latent sites ({', '.join(problem.discrete_sites)}) are summed out by Pyro's kernel"
         with torch.no_grad(), pyro.validation_enabled(False):
-            tr = poutine.trace(problem.model).get_trace()
+            tr = poutine.trace(traceable(problem.model)).get_trace()  # flat priors are not sampled
         blocks = []
         for name in problem.sites:
             value = tr.nodes[name]["value"].detach().to(DTYPE)

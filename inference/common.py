@@ -18,10 +18,12 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
+from pyro.infer.autoguide.initialization import init_to_sample
+from pyro.infer.mcmc.util import initialize_model
 
 from zoo.core.errors import ZooError
 from zoo.core.files import jsonable
-from zoo.core.problem import DTYPE, Problem
+from zoo.core.problem import DTYPE, Problem, uniform_unconstrained
 
 CHUNK = 1000
 
@@ -264,24 +266,39 @@ def _obs_shape(chunk: np.ndarray) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def init_values(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.Tensor]:
-    """Starting values: the prior draw with the highest log joint among ``num`` draws.
+def init_values(problem: Problem, seed: int) -> dict[str, torch.Tensor]:
+    """Starting values of the continuous latent sites by Stan's rule.
 
-    Unlike the prior median or the unconstrained origin, this is a point where the model
-    has positive density whatever the data rule out (a Uniform(0, theta) likelihood needs
-    theta > max x), and it is already near the posterior. Different seeds give different
-    starts, so MCMC chains still begin apart. Only continuous sites are returned, scored with
-    the discrete ones summed out.
+    Each site is drawn uniform(-2, 2) on its unconstrained scale (`uniform_unconstrained`),
+    redrawn (up to 100 times, as Stan does) until the log density and its gradient are
+    finite, with the discrete sites summed out: Pyro's `initialize_model` with that strategy. Unlike the
+    best of many prior draws, this does not seek out the prior's mode, which in a
+    hierarchical model sits in the funnel's neck (centred eight schools: tau 0.0007-0.11),
+    and it never samples the prior, so flat priors (``ImproperUniform``) start too. Where no
+    such point has positive density (a Uniform(0, theta) likelihood needs theta above
+    max(x), which uniform(-2, 2) may never reach), 100 prior draws are tried next, for
+    models whose prior is proper. ``seed`` fixes the draws: each chain passes its own.
+
+    Raises
+    ------
+    ZooError
+        when neither rule finds a point with a finite log density and gradient.
     """
-    seed_all(seed)
-    draws = {k: v for k, v in sample_vectorised(problem, prior(problem), num).items()
-             if k not in problem.discrete_sites}
-    log_joint, _ = log_densities(problem, draws)
-    if not np.isfinite(log_joint).any():
-        raise ZooError(f"model {problem.name!r}: none of {num} prior draws has positive density "
-                       "on this data; the data may be impossible under the model")
-    best = int(np.nanargmax(np.where(np.isfinite(log_joint), log_joint, -np.inf)))
-    return {k: torch.as_tensor(v[best], dtype=DTYPE) for k, v in draws.items()}
+    strategies = [uniform_unconstrained] + ([] if problem.improper else [init_to_sample])
+    for strategy in strategies:
+        seed_all(seed)
+        try:
+            with pyro.validation_enabled(False):
+                params, _, transforms, _ = initialize_model(
+                    problem.model, max_plate_nesting=problem.max_plate_nesting, init_strategy=strategy)
+        except ValueError as e:
+            if "cannot find valid initial params" not in str(e):
+                raise
+            continue
+        return {k: transforms[k].inv(v).detach().to(DTYPE) for k, v in params.items()}
+    rules = "uniform(-2, 2) on the unconstrained scale" + ("" if problem.improper else " nor prior draws")
+    raise ZooError(f"model {problem.name!r}: no starting point with a finite log density and gradient "
+                   f"in 100 tries of {rules}; the data may be impossible under the model")
 
 
 def importance_weights(problem: Problem, proposal: Callable[[], Any], num: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

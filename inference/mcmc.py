@@ -8,7 +8,7 @@ against an outer plate of chains, no ``checkpoint``) and ``pyro`` otherwise.
 
 With Pyro's kernels: discrete latent sites are summed out by enumeration inside the potential (Pyro's NUTS does
 this given ``max_plate_nesting``), and their draws are rebuilt from each draw of the
-continuous sites with ``infer_discrete``. Each chain starts from the best of 200 prior draws of its own (`inference.common.init_values`).
+continuous sites with ``infer_discrete``. Each chain starts by Stan's rule with its own seed (`inference.common.init_values`).
 Chains run one after another in this process, each with its own seed derived from the run's
 seed: on a 2-core machine Pyro would run them sequentially anyway (it counts cpu_count() - 1
 usable CPUs), and separate runs keep each chain reproducible on its own.
@@ -89,7 +89,7 @@ def run_batched(problem: Problem, pot: batched.BatchedPotential, transition, *, 
                 num_warmup: int, num_chains: int, target_accept: float, dense_mass: bool,
                 progress: bool | None) -> Fit:
     """All chains as one batch (`inference.batched.sample`), each starting from its own
-    best-of-200 prior draws."""
+    Stan-rule start (`inference.common.init_values`)."""
     seeds = chain_seeds(seed, num_chains)
     starts = [init_values(problem, s) for s in seeds]
     init = pot.unconstrain({k: torch.stack([st[k] for st in starts]) for k in problem.sites})

@@ -116,7 +116,7 @@ def model(x=None, N=None, D=None, T=10, alpha=1.0, mu0=0.0, sigma0=10.0, sigma=1
         S_i | pi ~ Categorical(pi)                    # i = 1..N, "assignment"
         x_i | S_i, theta ~ Normal(theta_{S_i}, sigma^2 I_D)   # x (N, D), sigma known
 
-    The data ``x`` are (N, D) (D = 1 allowed). The truncation T bounds the number of clusters;
+    The data ``x`` are (N, D), or (N,) for one dimension (read as (N, 1)). The truncation T bounds the number of clusters;
     the concentration alpha sets how many are used: under the prior, N points occupy on average
     sum_{i<N} alpha / (alpha + i) clusters (the Polya urn, eq 2.10; `polya_urn`). The assignment
     is a local discrete site, enumerated by back-ends that marginalise it. The component labels
@@ -124,6 +124,7 @@ def model(x=None, N=None, D=None, T=10, alpha=1.0, mu0=0.0, sigma0=10.0, sigma=1
     them by their first loc coordinate. An unoccupied component's loc is a draw from the prior H.
     """
     T = int(T)
+    x = None if x is None else points(x)
     alpha, mu0, sigma0, sigma = (torch.as_tensor(v, dtype=torch.float64) for v in (alpha, mu0, sigma0, sigma))
     sticks = pyro.sample("sticks", dist.Beta(torch.ones_like(alpha), alpha).expand([T - 1]).to_event(1))
     d = int(D) if x is None else x.shape[-1]
@@ -136,6 +137,11 @@ def model(x=None, N=None, D=None, T=10, alpha=1.0, mu0=0.0, sigma0=10.0, sigma=1
         # enumerated (T, 1, 1): the result broadcasts to (..., N, D).
         loc = Vindex(locs)[..., assignment, :]
         pyro.sample("x", dist.Normal(loc, sigma).to_event(1), obs=x)
+
+
+def points(x: Any) -> Any:
+    """The data as (N, D) points: a 1-D ``x`` (N,) is N points in one dimension (a view)."""
+    return x.reshape(x.shape[0], -1)
 
 
 def check(data: dict, hyper: dict) -> None:
@@ -246,7 +252,7 @@ def gibbs(x: np.ndarray, *, T: int, alpha: float, mu0: float, sigma0: float, sig
 def _fit_gibbs(problem, *, seed: int, num_samples: int, num_warmup: int, num_chains: int,
                progress: bool | None = None) -> Fit:
     h = problem.np_hyper
-    draws = gibbs(problem.np_data["x"], T=int(h["T"]), alpha=h["alpha"], mu0=h["mu0"],
+    draws = gibbs(points(problem.np_data["x"]), T=int(h["T"]), alpha=h["alpha"], mu0=h["mu0"],
                   sigma0=h["sigma0"], sigma=h["sigma"], num_samples=num_samples,
                   num_warmup=num_warmup, num_chains=num_chains, seed=seed, progress=progress)
     trace = draws.pop("log_joint_trace")
@@ -262,6 +268,7 @@ GIBBS = Backend(
     options={"num_samples": 1000, "num_warmup": 500, "num_chains": 4, "progress": None},
     summary="blocked Gibbs sampler of the truncated stick-breaking DP mixture (notes 004 2.3.4)",
     quick={"num_samples": 20, "num_warmup": 20, "num_chains": 2},
+    markov_chains=True,
 )
 
 
@@ -381,7 +388,7 @@ def diagnose(problem, posterior: dict[str, np.ndarray], truth: dict | None) -> d
     """
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-    x = np.asarray(problem.np_data["x"], dtype=float)
+    x = points(np.asarray(problem.np_data["x"], dtype=float))
     T, alpha = int(problem.np_hyper["T"]), float(problem.np_hyper["alpha"])
     a = np.asarray(posterior["assignment"]).astype(np.int64).reshape(-1, x.shape[0])
     k = occupied(a, T).sum(-1)
@@ -411,7 +418,7 @@ def diagnose(problem, posterior: dict[str, np.ndarray], truth: dict | None) -> d
 SPEC = ModelSpec(
     name=NAME,
     model=model,
-    data={"x": DataKey(("N", "D"), support=constraints.real)},
+    data={"x": DataKey(("N", "D"), support=constraints.real, min_ndim=1)},
     latent_sites=("sticks", "locs"),
     hyper={
         "T": Hyper(10, constraints.positive_integer),

@@ -11,7 +11,9 @@ density.
 
 Inputs ``u`` are optional. Without them the terms ``B u_t`` and ``D u_t`` vanish (missing
 ``u`` means ``u = 0``); the defaults ``B`` (dx, 1) and ``D`` (dy, 1) are zero, so ``du = 1``
-and an input given without changing ``B`` and ``D`` has no effect until they are set.
+and an input given without changing ``B`` and ``D`` has no effect until they are set. Given
+``A, C, Q, R, m0, P0`` of any sizes and no ``u`` (and zero or default ``B``, ``D``), it is a
+model without controls: ``B`` and ``D`` are not checked against ``dx`` and ``dy``.
 """
 from __future__ import annotations
 
@@ -214,10 +216,11 @@ class Smoothed:
     gains: np.ndarray
 
 
-def _inputs(T: int, u: np.ndarray | None, B: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(B u_t, D u_t) stacked over time; zeros without ``u``."""
+def _inputs(T: int, u: np.ndarray | None, B: np.ndarray, D: np.ndarray, dx: int,
+            dy: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B u_t, D u_t) stacked over time, (T, dx) and (T, dy); zeros without ``u``."""
     if u is None:
-        return np.zeros((T, B.shape[0])), np.zeros((T, D.shape[0]))
+        return np.zeros((T, dx)), np.zeros((T, dy))
     u = np.asarray(u, dtype=float)
     return u @ B.T, u @ D.T
 
@@ -249,7 +252,7 @@ def kalman_filter(y: np.ndarray, A: np.ndarray, C: np.ndarray, Q: np.ndarray, R:
     dx = A.shape[0]
     B = np.zeros((dx, 1)) if B is None else np.asarray(B, dtype=float)
     D = np.zeros((dy, 1)) if D is None else np.asarray(D, dtype=float)
-    bu, du = _inputs(T, u, B, D)
+    bu, du = _inputs(T, u, B, D, dx, dy)
     m, P = np.asarray(m0, dtype=float), np.asarray(P0, dtype=float)
     pm, pP = np.empty((T, dx)), np.empty((T, dx, dx))
     fm, fP = np.empty((T, dx)), np.empty((T, dx, dx))
@@ -391,8 +394,9 @@ def check(data: dict, hyper: dict) -> None:
     dx = A.shape[0]
     dy = h["C"].shape[0]
     du = h["B"].shape[1]
-    expected = {"Q": (dx, dx), "P0": (dx, dx), "m0": (dx,), "C": (dy, dx), "R": (dy, dy),
-                "B": (dx, du), "D": (dy, du)}
+    expected = {"Q": (dx, dx), "P0": (dx, dx), "m0": (dx,), "C": (dy, dx), "R": (dy, dy)}
+    if data.get("u") is not None or np.any(h["B"]) or np.any(h["D"]):  # else: no controls at all
+        expected.update(B=(dx, du), D=(dy, du))
     for k, shape in expected.items():
         if h[k].shape != shape:
             fail(f"hyperparameter {k} must have shape {shape} (dx={dx} from A, dy={dy} from C, "

@@ -23,9 +23,15 @@ from zoo.core.problem import (
     check_data,
     check_hyper,
     check_int,
+    check_names,
     check_options,
     check_seed,
+    flat_prior,
+    float64,
+    is_improper,
     prepare,
+    site_kind,
+    traceable,
     trace_model,
 )
 from zoo.core.spec import Backend, Backends, DataKey, ExactPosterior, ModelSpec, Reference, StoredReference
@@ -81,6 +87,13 @@ def simulate(name: str, seed: int = 0, hyper: Mapping[str, Any] | None = None,
     -------
     data : dict of numpy arrays keyed by the model's data keys.
     truth : dict of numpy arrays keyed by latent site.
+
+    Raises
+    ------
+    ZooError
+        for an unknown size or hyperparameter, and for a model with a flat prior
+        (``ImproperUniform``, ``.mask(False)``) on a latent site not fixed by ``truth``: there
+        is no prior to draw it from.
     """
     spec = registry.get_model(name)
     seed = check_seed(seed)
@@ -105,9 +118,14 @@ def simulate(name: str, seed: int = 0, hyper: Mapping[str, Any] | None = None,
     if truth:
         model = poutine.condition(model, {k: torch.as_tensor(np.asarray(v, dtype=float), dtype=torch.float64)
                                           for k, v in truth.items()})
-    seed_all(seed)
-    with torch.no_grad():
-        tr = poutine.trace(model).get_trace(**_as_float64(problem_inputs), **torch_h, **size_kw)
+    with float64(), torch.no_grad():
+        seed_all(seed)
+        tr = poutine.trace(traceable(model)).get_trace(**_as_float64(problem_inputs), **torch_h, **size_kw)
+    flat = [k for k, site in tr.nodes.items() if site["type"] == "sample" and site_kind(site) == "latent"
+            and is_improper(site)]
+    if flat:
+        raise ZooError(f"model {name!r}: {flat_prior('zoo.simulate (and zoo.sbc, which simulates with it)', flat)}; fix those sites with "
+                       f"truth={{...}} to simulate data")
     data = dict(inputs)
     latent = {}
     for site_name, site in tr.nodes.items():
@@ -170,8 +188,9 @@ def check_common(common: Mapping[str, Any], plans: Sequence[Mapping[str, tuple[B
             raise ZooError(f"{where}option {k!r} is accepted by none of the back-ends {list(labels)}")
 
 
-def _default_backend(problem: Problem) -> str:
-    """The model's preferred back-end that applies to this problem (`Backends.default`)."""
+def default_backend(problem: Problem) -> str:
+    """The back-end `run` takes when none is named: the first of the model's preferred ones
+    (`Backends.default`) that applies to this problem."""
     preferred = list(problem.spec.backends.default)
     for name in preferred:
         if not registry.not_applicable(problem, registry.get_backend(problem.spec, name)):
@@ -208,7 +227,7 @@ def run(name: str, backend: str | None = None, data: Mapping[str, Any] | None = 
     if backend is not None:
         registry.get_backend(spec, registry.parse_label(backend)[0])  # an unknown back-end before the data
     problem, truth = prepare_problem(spec, data, hyper, truth)
-    label = backend if backend is not None else _default_backend(problem)
+    label = backend if backend is not None else default_backend(problem)
     b, opts = plan(spec, [label], None, {}, f"model {name!r}: ")[label]
     opts = check_options(problem, b, {**opts, **options})
     reason = registry.not_applicable(problem, b)
@@ -241,10 +260,7 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
     seed = check_seed(seed)
     spec = registry.get_model(name)
     where = f"model {name!r}: "
-    if isinstance(backends, str) or (backends is not None and not isinstance(backends, Sequence)):
-        raise ZooError(f"{where}backends must be a list of back-end labels such as ['exact', 'nuts'], "
-                       f"got {backends!r}")
-    labels = list(backends) if backends is not None else list(registry.backends_for(spec))
+    labels = check_names(backends, "backends", where) if backends is not None else list(registry.backends_for(spec))
     skipped = {k: v for k, v in spec.backends.skip_by_default.items() if backends is None and k in labels}
     labels = [k for k in labels if k not in skipped]
     plans = plan(spec, labels, options, common, where)
@@ -303,6 +319,18 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
     source, kind, description : where the model comes from (``"user"``; the zoo's
         posteriordb suite says ``"posteriordb"``), what sort of model it is and one line
         about it, for `list_models` and `catalogue`.
+
+    The model runs in float64 whatever it writes (``dist.Normal(0., 1.)`` is fine); plates are
+    optional; ``pyro.deterministic`` sites join the posterior, ``pyro.factor`` terms the log
+    density, and flat priors (``dist.ImproperUniform``, ``.mask(False)``) work with nuts, hmc
+    and svi (back-ends that draw from the prior refuse them).
+
+    Raises
+    ------
+    ZooError
+        for a data key that is not an argument of the model, a model that fails on the data,
+        and an observed site whose name is no data key (naming the data key that feeds it,
+        where it can tell): the zoo knows the observations by their site names.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ZooError(f"model name must be an identifier, got {name!r}")
@@ -312,6 +340,8 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
         raise ZooError(f"model {name!r}: give an exact posterior or a stored reference, not both")
     if not callable(model):
         raise ZooError(f"model {name!r}: the model must be a callable Pyro model, got {model!r}")
+    if not isinstance(data, Mapping):
+        raise ZooError(f"model {name!r}: data must be a dict of named arrays, got {type(data).__name__}")
     params = inspect.signature(model).parameters
     keys = {}
     for k, v in data.items():
@@ -321,8 +351,12 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
         keys[k] = DataKey(tuple(f"{k}_dim{i}" for i in range(arr.ndim)),
                           "long" if np.issubdtype(arr.dtype, np.integer) else "float", observed=False)
     draft = ModelSpec(name=name, model=model, data=keys, latent_sites=())
-    tr = trace_model(draft, check_data(draft, data, {})[0], {})
-    observed = {k for k, s in tr.nodes.items() if s["type"] == "sample" and s.get("is_observed") and k in keys}
+    tensors = check_data(draft, data, {})[0]
+    tr = trace_model(draft, tensors, {})
+    observed = [k for k, site in tr.nodes.items() if site["type"] == "sample" and site_kind(site) == "observed"]
+    for site in observed:
+        if site not in keys:
+            raise ZooError(f"model {name!r}: {_unnamed_observation(site, tr.nodes[site]['value'], tensors)}")
     keys = {k: DataKey(d.dims, d.dtype, observed=k in observed) for k, d in keys.items()}
     example = {k: np.asarray(v) for k, v in data.items()}
     spec = ModelSpec(
@@ -338,3 +372,26 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
         spec = dataclasses.replace(spec, reference=reference.bind(problem.np_data, name))
     registry.add_model(spec, overwrite=overwrite)
     return spec
+
+
+def _unnamed_observation(site: str, value: torch.Tensor, data: Mapping[str, Any]) -> str:
+    """What to say about an observed site whose name is no data key: which key feeds it (the
+    same tensor or a view of it, else equal values) and how to name things."""
+    def feeds(t: Any) -> bool:
+        if not isinstance(t, torch.Tensor):
+            return False
+        if value.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            return True
+        return value.shape == t.shape and bool(torch.equal(value.to(t.dtype), t))
+
+    source = next((k for k, t in data.items() if feeds(t)), None)
+    head = f"observed site {site!r} is not a data key, so the zoo would not know its data as observations"
+    if source is None:
+        return (f"{head}; data keys: {', '.join(data)}. Name each observed site after the data key "
+                "it observes (a constraint that is not data is a pyro.factor)")
+    if tuple(value.shape) != tuple(data[source].shape):
+        return (f"{head}: it observes part of data key {source!r} (shape {tuple(value.shape)} of "
+                f"{tuple(data[source].shape)}; a loop over its entries?). Observe all of {source!r} in one "
+                f"site named {source!r}, vectorised (in a pyro.plate, or with .to_event(1))")
+    return (f"{head}: data key {source!r} feeds it. Name the site {source!r} "
+            f"(pyro.sample({source!r}, ..., obs={source})) or the data key {site!r}")

@@ -231,9 +231,12 @@ def regret_curves(probs: Sequence[float], horizon: int,
         policies = [policies]
     if not seeds or not policies:
         raise ZooError("bandit: regret_curves needs at least one policy and one seed")
+    parsed = [_parse_policy(label, backend) for label in policies]
+    if options and all(b == "exact" for _, b in parsed):
+        raise ZooError(f"bandit: back-end options {sorted(options)} apply to Thompson sampling on an "
+                       f"approximate back-end, and none of the policies {list(policies)} uses one")
     frames = []
-    for label in policies:
-        policy, b = _parse_policy(label, backend)
+    for label, (policy, b) in zip(policies, parsed):
         opts = options if b != "exact" else {}
         for s in seeds:
             frame = simulate_bandit(probs, horizon, policy, backend=b, seed=s, refit=refit,

@@ -41,7 +41,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 
 from zoo import api, registry
 from zoo.core.errors import ZooError
-from zoo.core.problem import Problem, prepare, trace_model
+from zoo.core.problem import Problem, float64, prepare, trace_model
 from zoo.core.spec import Backend, Fit
 from zoo.inference import svi
 from zoo.inference.common import sample_vectorised, seed_all, single_thread, to_chains
@@ -125,7 +125,7 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
             return part.model()
 
     start = time.perf_counter()
-    with single_thread():
+    with single_thread(), float64():
         trained = svi.fit_guide(full, guide=guide, seed=seed, num_steps=num_steps, lr=lr, lr_decay=lr_decay,
                                 num_particles=1, progress=False, converge=converge, model=model,
                                 average=_average if world > 1 else None)

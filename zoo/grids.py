@@ -20,7 +20,7 @@ import pandas as pd
 from zoo import api, registry, scoring
 from zoo.core.errors import ZooError
 from zoo.core.files import write_text
-from zoo.core.problem import check_seed
+from zoo.core.problem import check_names, check_seed
 from zoo.tasks import Task, execute
 
 # Columns that measure wall time: they differ between two runs of the same task.
@@ -68,7 +68,7 @@ def grid(models: Iterable[str], backends: Iterable[str], seeds: Iterable[int] | 
     -------
     Grid whose ``table`` has columns model, seed, then the comparison-table columns.
     """
-    models, backends = list(models), list(backends)
+    models, backends = check_names(models, "grid: models"), check_names(backends, "grid: backends")
     seeds = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else list(seeds)
     if not models or not backends or not seeds:
         raise ZooError("grid needs at least one model, one back-end and one seed")

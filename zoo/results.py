@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
 
 from zoo.core import arviz_io
 from zoo.core.errors import ZooError
 from zoo.core.files import write_text
-from zoo.core.problem import Problem
+from zoo.core.problem import DTYPE, Problem, float64, traceable
 from zoo.core.spec import Backend, ExactPosterior
 from zoo.inference.common import log_densities, single_thread
 
@@ -113,17 +116,21 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
             truth: Mapping[str, Any] | None = None) -> Result:
     """Run ``backend`` on ``problem`` with validated ``options`` and package what it returns.
 
-    The fit alone is timed. Its draws are relabelled (`Scoring.relabel`), given their
-    pointwise log-likelihoods, scored by the model's own scores, and packed into
-    InferenceData; divergences raise a warning.
+    Everything runs in float64 (`zoo.core.problem.float64`). The fit alone is timed. Its draws
+    are relabelled (`Scoring.relabel`), joined by the model's deterministic sites
+    (`deterministic_draws`), given their pointwise log-likelihoods, scored by the model's own
+    scores, and packed into InferenceData. Divergences, and for Markov chains an r_hat above
+    1.01 or a bulk ESS below 100 per chain (`mixing_warnings`), raise a warning and are listed
+    in ``diagnostics["warnings"]``.
     """
     spec = problem.spec
-    with single_thread():
+    with single_thread(), float64():
         start = time.perf_counter()
         fit = backend.fit(problem, seed=seed, **options)
         seconds = time.perf_counter() - start
         posterior = spec.scoring.relabel(fit.posterior) if spec.scoring.relabel and fit.posterior else fit.posterior
         log_lik = _log_likelihoods(problem, posterior)
+        posterior = {**posterior, **deterministic_draws(problem, posterior)}
         scores = own_scores(problem, posterior, truth, fit.guide)
     rows = spec.scoring.local_rows
     if rows is not None:  # a few rows of each local latent are enough to look at
@@ -134,9 +141,16 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
         attrs={"model": problem.name, "backend": label, "seed": seed})
     diagnostics = _mixing(problem, idata) if posterior else {}
     diagnostics.update(fit.diagnostics, **scores)
+    found = []
     if diagnostics.get("divergences"):
-        warnings.warn(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
-                      "divergent transitions; the draws may be biased", RuntimeWarning, stacklevel=3)
+        found.append(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
+                     "divergent transitions; the draws may be biased")
+    if backend.markov_chains and posterior:
+        found += mixing_warnings(problem.name, label, diagnostics, idata.posterior.sizes["chain"])
+    for message in found:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if found:
+        diagnostics["warnings"] = list(diagnostics.get("warnings", [])) + found
     return Result(problem.name, label, idata, seconds, diagnostics,
                   {k: v for k, v in options.items() if k != "progress"}, seed,
                   {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()},
@@ -152,6 +166,65 @@ def own_scores(problem: Problem, posterior: dict[str, np.ndarray], truth: Mappin
         return {}
     extra = {"guide": guide} if "guide" in inspect.signature(diagnose).parameters else {}
     return dict(diagnose(problem, posterior, dict(truth) if truth else None, **extra))
+
+
+R_HAT_MAX = 1.01  # Vehtari et al. (2021)
+ESS_PER_CHAIN_MIN = 100
+
+
+def mixing_warnings(model: str, label: str, diagnostics: Mapping[str, Any], chains: int) -> list[str]:
+    """The warning for Markov chains that have not mixed (Vehtari et al. 2021): r_hat above
+    1.01 or bulk ESS below 100 per chain, with the numbers; an empty list when they are fine.
+    A bulk ESS that is NaN (a chain that never moved) counts as too low."""
+    r_hat, ess = diagnostics.get("r_hat_max", np.nan), diagnostics.get("ess_bulk_min", np.nan)
+    poor = []
+    if r_hat > R_HAT_MAX:
+        poor.append(f"r_hat {r_hat:.3f} > {R_HAT_MAX}")
+    if not ess >= ESS_PER_CHAIN_MIN * chains:
+        poor.append(f"bulk ESS {ess:.0f} < {ESS_PER_CHAIN_MIN} per chain ({ESS_PER_CHAIN_MIN * chains} "
+                    f"for {chains} chain{'s' if chains > 1 else ''})")
+    if not poor:
+        return []
+    return [f"model {model!r}, back-end {label!r}: {' and '.join(poor)}: the chains have not mixed "
+            "(Vehtari et al. 2021); run more warm-up and draws, or reparameterise the model"]
+
+
+def deterministic_draws(problem: Problem, posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Draws (chain, draw, ...) of the model's ``pyro.deterministic`` sites: the model replayed
+    conditioned on every draw of the latent sites.
+
+    The replay is vectorised with `pyro.infer.Predictive` (``parallel=True``) and checked
+    against one-draw replays at the first and last draw; a model that does not broadcast
+    against Predictive's outer plate (it raises, or gives other values) is replayed one draw
+    at a time. Flat-prior sites are never sampled (`zoo.core.problem.traceable`).
+    """
+    latent = {k: v for k, v in posterior.items() if k in problem.sites}
+    if not problem.deterministic or not latent:
+        return {}
+    chains, draws = next(iter(latent.values())).shape[:2]
+    num = chains * draws
+    flat = {k: torch.as_tensor(v.reshape((num,) + v.shape[2:]),
+                               dtype=torch.long if problem.sites[k].discrete else DTYPE) for k, v in latent.items()}
+    model = traceable(problem.model)
+    sites = list(problem.deterministic)
+
+    def one(i: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            tr = poutine.trace(poutine.condition(model, {k: v[i] for k, v in flat.items()})).get_trace()
+        return {k: tr.nodes[k]["value"].detach() for k in sites}
+
+    ends = [one(0), one(num - 1)]
+    try:
+        replay = Predictive(model, posterior_samples=flat, return_sites=sites, parallel=True)()
+        values = {k: replay[k].detach().reshape((num,) + ends[0][k].shape) for k in sites}
+        same = all(torch.allclose(values[k][i], end[k], rtol=1e-10, atol=1e-12, equal_nan=True)
+                   for k in sites for i, end in zip((0, -1), ends))
+    except (RuntimeError, ValueError, IndexError):  # the model does not broadcast: one at a time
+        same = False
+    if not same:
+        rows = [one(i) for i in range(num)]
+        values = {k: torch.stack([row[k] for row in rows]) for k in sites}
+    return {k: v.reshape((chains, draws) + v.shape[1:]).numpy() for k, v in values.items()}
 
 
 def _log_likelihoods(problem: Problem, posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

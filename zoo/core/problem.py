@@ -4,11 +4,16 @@ Everything a user can get wrong is checked here, before any back-end runs, and r
 `ZooError` naming the model, the key or site, and the bad value. Pyro's MCMC switches argument
 validation off, so the model is traced once here with validation on and every observed value
 is checked against its site's support.
+
+The dtype policy lives here too: every zoo entry point that traces or evaluates a model does
+so inside `float64`, so a model written with Python-float parameters (``dist.Normal(0., 1.)``)
+computes in float64 on the zoo's float64 data, and the user's default dtype is restored after.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,13 +21,81 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import ImproperUniform, MaskedDistribution, Unit
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import constraints
+from torch.distributions import biject_to, constraints
 
 from zoo.core.errors import ZooError, unknown_name
 from zoo.core.spec import Backend, ExactPosterior, ModelSpec
 
 DTYPE = torch.float64
+
+
+@contextmanager
+def float64() -> Iterator[None]:
+    """Compute in float64 for the duration: ``torch.set_default_dtype(torch.float64)``, and the
+    previous default restored afterwards (also on an exception), so the user's session is left
+    as it was.
+
+    A model written as the Pyro tutorials write them (``dist.Normal(0., 1.)``,
+    ``dist.HalfCauchy(5.)``) makes its parameters and draws in the default dtype: float32
+    against the zoo's float64 data, where ``X @ w`` raises and a Gamma or HalfCauchy log
+    density loses eight digits. Every zoo entry point that traces or evaluates a model
+    (validation, `zoo.simulate`, a back-end run and its packaging) runs inside this.
+    """
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(DTYPE)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def is_improper(site: Mapping[str, Any]) -> bool:
+    """Whether a latent sample site's prior is flat (improper): ``dist.ImproperUniform``, a
+    distribution masked off with ``.mask(False)`` or ``poutine.mask(mask=False)``, anywhere
+    under ``.expand``/``.to_event`` wrappers (a partial mask counts: some entries are flat)."""
+    def off(mask: Any) -> bool:
+        return mask is False or (isinstance(mask, torch.Tensor) and not bool(mask.all()))
+
+    if off(site.get("mask")):
+        return True
+    fn = site["fn"]
+    while fn is not None:
+        if isinstance(fn, ImproperUniform) or (isinstance(fn, MaskedDistribution) and off(fn._mask)):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def uniform_unconstrained(site: Mapping[str, Any], radius: float = 2.0) -> torch.Tensor:
+    """Stan's initial value of a continuous site: uniform(-radius, radius) on the unconstrained
+    scale, mapped to the support by ``biject_to(support)``, the shape from ``fn.shape()``.
+
+    It never samples the site's distribution, so it works on flat priors (``ImproperUniform``
+    has no ``sample``). A discrete site is drawn from its distribution instead.
+    """
+    fn = site["fn"]
+    if fn.has_enumerate_support:
+        return fn.sample().detach()
+    transform = biject_to(fn.support)
+    u = torch.rand(transform.inverse_shape(fn.shape()), dtype=DTYPE) * (2 * radius) - radius
+    value = transform(u).detach()
+    value._pyro_custom_init = False
+    return value
+
+
+def _prior_or_flat(site: Mapping[str, Any]) -> torch.Tensor:
+    """A prior draw, or for a flat prior (nothing to draw from) `uniform_unconstrained`."""
+    return uniform_unconstrained(site) if is_improper(site) else site["fn"].sample().detach()
+
+
+def traceable(model: Callable[..., Any]) -> Callable[..., Any]:
+    """``model`` with its flat-prior sites given `uniform_unconstrained` values instead of a
+    draw, so tracing it unconditioned (to find its sites, shapes and plates) never calls
+    ``ImproperUniform.sample``. Proper sites are still drawn from their priors."""
+    return InitMessenger(_prior_or_flat)(model)
 
 
 @dataclass(frozen=True)
@@ -41,7 +114,9 @@ class Problem:
     """A model bound to validated data and hyperparameters: what every back-end receives.
 
     ``problem.model`` is a zero-argument Pyro model conditioned on the data; ``np_data`` and
-    ``np_hyper`` are the same values as numpy arrays for closed-form code.
+    ``np_hyper`` are the same values as numpy arrays for closed-form code. ``sites`` are the
+    latent sample sites, ``observed`` the observed ones (the data); deterministic sites and
+    factor terms are neither.
     """
 
     spec: ModelSpec
@@ -52,6 +127,13 @@ class Problem:
     sites: dict[str, Site]
     observed: tuple[str, ...]
     max_plate_nesting: int
+    deterministic: tuple[str, ...] = ()
+    """``pyro.deterministic`` sites: derived quantities, in the posterior, never data."""
+    factors: tuple[str, ...] = ()
+    """``pyro.factor`` terms: in the log density, never a pointwise log-likelihood."""
+    improper: tuple[str, ...] = ()
+    """latent sites with a flat prior (``ImproperUniform``, ``.mask(False)``): back-ends that
+    draw from the prior refuse the model."""
     _exact: list = field(default_factory=list, repr=False)
 
     @property
@@ -80,6 +162,20 @@ class Problem:
 
     def error(self, message: str) -> ZooError:
         return ZooError(f"model {self.name!r}: {message}")
+
+    def proper_prior(self, what: str) -> str | None:
+        """Why ``what`` (something that draws from the prior) cannot run on this model, or None
+        when every prior is proper (see `flat_prior`)."""
+        return flat_prior(what, self.improper)
+
+
+def flat_prior(what: str, improper: Sequence[str]) -> str | None:
+    """Why ``what``, which draws from the prior, cannot run when the sites ``improper`` have a
+    flat prior; None when there are none."""
+    if not improper:
+        return None
+    return (f"{what} draws from the prior, and the prior of {', '.join(map(repr, improper))} is flat "
+            "(ImproperUniform or .mask(False)): there is nothing to draw from")
 
 
 def check_int(value: Any, what: str, minimum: int = 0, where: str = "") -> int:
@@ -214,17 +310,58 @@ def check_data(spec: ModelSpec, data: Mapping[str, Any] | None, sizes: dict[str,
 
 
 def trace_model(spec: ModelSpec, data: dict, hyper: dict) -> pyro.poutine.Trace:
-    """Run the model once with Pyro's validation on; errors become a ZooError."""
+    """Run the model once in float64 with Pyro's validation on (flat-prior sites get a value
+    without being sampled, see `traceable`); errors become a ZooError."""
     try:
-        with pyro.validation_enabled(True), torch.no_grad():
-            return poutine.trace(spec.model).get_trace(**data, **hyper)
+        with float64(), pyro.validation_enabled(True), torch.no_grad():
+            return poutine.trace(traceable(spec.model)).get_trace(**data, **hyper)
     except (ValueError, RuntimeError, TypeError, IndexError) as e:
         raise ZooError(f"model {spec.name!r}: the model failed on this data and these "
                        f"hyperparameters: {e}") from e
 
 
+def site_kind(site: Mapping[str, Any]) -> str:
+    """What a sample site of a trace is: ``"deterministic"`` (``pyro.deterministic``, a derived
+    quantity), ``"factor"`` (``pyro.factor``, a term of the log density), ``"observed"`` (data)
+    or ``"latent"``."""
+    if site["infer"].get("_deterministic"):
+        return "deterministic"
+    if site["is_observed"] and (isinstance(site["fn"], Unit) or site["infer"].get("is_auxiliary")):
+        return "factor"
+    return "observed" if site["is_observed"] else "latent"
+
+
+SUPPORT_RETRIES = 50  # prior draws tried before data outside a latent-dependent support are refused
+
+
+def _check_observed(spec: ModelSpec, data: dict, hyper: dict, name: str, site: Mapping[str, Any]) -> None:
+    """Check an observed site's data against its support. A support whose bounds come from the
+    latent values (``Uniform(0, theta)``) is checked again at other prior draws (seeded, the
+    user's random state untouched) before the data are refused: they are impossible only if
+    no draw admits them."""
+    where, what = f"model {spec.name!r}: ", f"observed site {name!r} (data)"
+    value, fn = site["value"].detach(), site["fn"]
+    try:
+        _check_support(where, what, value.numpy(), fn.support, fn.event_dim)
+    except ZooError:
+        bounds = [getattr(fn.support, a, None) for a in ("lower_bound", "upper_bound")]
+        if not any(isinstance(b, torch.Tensor) for b in bounds):
+            raise
+        for seed in range(SUPPORT_RETRIES):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                support = trace_model(spec, data, hyper).nodes[name]["fn"].support
+            if bool(support.check(value).all()):
+                return
+        raise
+
+
 def prepare(spec: ModelSpec, data: Mapping[str, Any] | None, hyper: Mapping[str, Any] | None = None) -> Problem:
     """Validate data and hyperparameters against ``spec`` and bind them into a `Problem`.
+
+    The model is traced once (`trace_model`) and its sample sites sorted by `site_kind`:
+    latent sites (flat priors among them recorded in ``improper``), observed sites (checked
+    against their support), deterministic sites and factor terms.
 
     Raises
     ------
@@ -239,20 +376,21 @@ def prepare(spec: ModelSpec, data: Mapping[str, Any] | None, hyper: Mapping[str,
     where = f"model {spec.name!r}: "
     declared = {k for k, v in spec.data.items() if v.support is not None}
     sites: dict[str, Site] = {}
-    observed = []
+    kinds: dict[str, list[str]] = {"observed": [], "deterministic": [], "factor": [], "improper": []}
     nesting = 0
     for name, site in tr.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         dims = [f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
         nesting = max([nesting] + [-d for d in dims])
-        fn = site["fn"]
-        if site["is_observed"]:
-            observed.append(name)
-            if name not in declared:
-                _check_support(where, f"observed site {name!r} (data)", site["value"].detach().numpy(),
-                               fn.support, fn.event_dim)
+        fn, kind = site["fn"], site_kind(site)
+        if kind != "latent":
+            kinds[kind].append(name)
+            if kind == "observed" and name not in declared:
+                _check_observed(spec, torch_d, torch_h, name, site)
             continue
+        if is_improper(site):
+            kinds["improper"].append(name)
         sites[name] = Site(name, tuple(site["value"].shape), tuple(fn.batch_shape),
                            tuple(fn.event_shape), bool(getattr(fn, "has_enumerate_support", False)))
     missing = [s for s in spec.latent_sites if s not in sites]
@@ -260,7 +398,8 @@ def prepare(spec: ModelSpec, data: Mapping[str, Any] | None, hyper: Mapping[str,
         raise ZooError(f"{where}latent sites {missing} declared but not found when tracing the model")
     order = list(spec.latent_sites) + [s for s in sites if s not in spec.latent_sites]
     sites = {s: sites[s] for s in order}
-    return Problem(spec, torch_d, torch_h, np_d, np_h, sites, tuple(observed), nesting)
+    return Problem(spec, torch_d, torch_h, np_d, np_h, sites, tuple(kinds["observed"]), nesting,
+                   tuple(kinds["deterministic"]), tuple(kinds["factor"]), tuple(kinds["improper"]))
 
 
 def check_options(problem: Problem, backend: Backend, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,4 +431,16 @@ def check_options(problem: Problem, backend: Backend, options: Mapping[str, Any]
                 raise ZooError(f"{where}option {k} must be below 1, got {v!r}")
         elif isinstance(default, str) and not isinstance(v, str):
             raise ZooError(f"{where}option {k} must be a string, got {v!r}")
+    reason = backend.refuses(problem, merged) if backend.refuses else None
+    if reason:
+        raise ZooError(f"{where}does not apply with these options: {reason}")
     return merged
+
+
+def check_names(value: Any, what: str, where: str = "") -> list[str]:
+    """A list of names (back-end labels, model names) as a list; a ZooError for a single string
+    (which would be read letter by letter) or anything that is not a sequence of strings."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or \
+            not all(isinstance(v, str) for v in value):
+        raise ZooError(f"{where}{what} must be a list of names such as ['exact', 'nuts'], got {value!r}")
+    return list(value)

@@ -211,8 +211,9 @@ class Backends:
 
     Parameters
     ----------
-    default : the back-end ``zoo.run(name)`` uses when none is named: the one that suits the
-        model (``exact`` where there is a closed form, the amortised ``svi`` for deep models).
+    default : the back-ends ``zoo.run(name)`` prefers when none is named, best first; the first
+        that applies to the data and hyperparameters runs (``exact`` where there is a closed
+        form, the amortised ``svi`` for deep models, ``nuts`` for a user's model).
     own : model-specific back-ends, name to `Backend` (``cavi``, ``em``, ``gibbs``).
     limits : generic back-ends that cannot work on this model, with the reason (shown in the
         comparison table and in the error).
@@ -223,7 +224,7 @@ class Backends:
         back-end's own (fewer draws of a large local latent); the user's options still win.
     """
 
-    default: str = "nuts"
+    default: tuple[str, ...] = ("nuts",)
     own: Mapping[str, Backend] = field(default_factory=dict)
     limits: Mapping[str, str] = field(default_factory=dict)
     skip_by_default: Mapping[str, str] = field(default_factory=dict)
@@ -330,6 +331,11 @@ class Backend:
         model with these hyperparameters.
     summary : one line for ``zoo.list_backends()`` and the docs.
     quick : options for a smoke run (a few draws or steps), used by the conformance suite.
+    refuses : ``refuses(problem, options) -> reason or None``: why the back-end cannot run on
+        this problem with these options (importance's prior proposal on a flat prior); checked
+        with the options, before anything runs.
+    markov_chains : its draws are Markov chains (nuts, hmc, gibbs): r_hat and the bulk ESS
+        are checked after every run and a poor one warns.
     """
 
     name: str
@@ -339,6 +345,8 @@ class Backend:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     applicable: Callable[[Any], str | None] | None = None
     quick: Mapping[str, Any] = field(default_factory=dict)
+    refuses: Callable[[Any, Mapping[str, Any]], str | None] | None = None
+    markov_chains: bool = False
 
 
 def exact_from_scipy(
