@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 import zoo
+from zoo.core.files import write_text
 from zoo.posteriordb import POSTERIORDB_COMMIT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,8 @@ recommended: the correct back-end that took the least time
 note: why a back-end did not apply or failed, and notes of the run""".splitlines())
 
 
-def jsonable(v: Any) -> Any:
+def json_value(v: Any) -> Any:
+    """A table cell as a JSON value: numpy scalars as Python ones, NaN and inf as null."""
     if isinstance(v, (np.floating, float)):
         return None if not math.isfinite(float(v)) else float(v)
     if isinstance(v, (np.integer,)):
@@ -100,7 +102,7 @@ def rows(cmp: Any) -> list[dict[str, Any]]:
                 record["tree_depth_max"], record["tree_depth_mean"] = int(depth.max()), float(depth.mean())
             record["converged"] = res.diagnostics.get("converged")
             record["pareto_k"] = res.diagnostics.get("pareto_k", record.get("pareto_k"))
-        out.append({c: jsonable(record.get(c)) for c in COLUMNS})
+        out.append({c: json_value(record.get(c)) for c in COLUMNS})
     return out
 
 
@@ -149,16 +151,20 @@ def main(argv: list[str] | None = None) -> int:
                        "scalars": int(sum(np.size(v) for v in exact.mean.values())) if exact else None,
                        "nuts_options": dict(spec.backends.options.get("nuts", {})), "rows": table})
         lines.append(summary(name, table))
+        write(args.out, argv, args.seed, models)  # after every model: an interrupted run keeps what it did
     print("\n| model | nuts correct | svi correct | recommended |\n|---|---|---|---|")
     print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    versions = {p: metadata.version(p) for p in ("torch", "pyro-ppl", "arviz", "numpy")}
-    command = " ".join(["python", "benchmarks/posteriordb_suite.py", *(argv if argv is not None else sys.argv[1:])])
-    args.out.write_text(json.dumps({"command": command, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
-                                    "versions": versions, "posteriordb_commit": POSTERIORDB_COMMIT,
-                                    "fields": FIELDS, "models": models}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
     return 0
+
+
+def write(out: Path, argv: list[str] | None, seed: int, models: list[dict[str, Any]]) -> None:
+    """The JSON file (see the module docstring), written atomically."""
+    versions = {p: metadata.version(p) for p in ("torch", "pyro-ppl", "arviz", "numpy")}
+    command = " ".join(["python", "benchmarks/posteriordb_suite.py", *(argv if argv is not None else sys.argv[1:])])
+    write_text(out, json.dumps({"command": command, "seed": seed, "date": time.strftime("%Y-%m-%d"),
+                                "versions": versions, "posteriordb_commit": POSTERIORDB_COMMIT,
+                                "fields": FIELDS, "models": models}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

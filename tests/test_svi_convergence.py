@@ -13,6 +13,7 @@ import pytest
 import zoo
 
 
+@pytest.mark.slow  # about 5000 SVI steps
 def test_default_svi_reaches_the_optimum_on_sblrc_blr():
     """posteriordb's sblrc-blr: a Gaussian posterior whose coefficients have sds near 0.001
     and correlations near 0.8. A mean-field Gaussian cannot hold the correlations (its sds
