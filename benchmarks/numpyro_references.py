@@ -23,7 +23,6 @@ A run is refused (nothing written) unless every scalar has r_hat < 1.01 and bulk
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -40,8 +39,11 @@ from posteriordb_references import (
     Entry,
     PosteriorDB,
     Scalar,
+    command_line,
     floats,
     ints,
+    selected,
+    suite_arguments,
     summary_rows,
     write_data,
     write_json,
@@ -142,34 +144,23 @@ def build(pdb: PosteriorDB, entry: Entry, python: str, settings: dict, out: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("posteriordb", help="posteriordb checkout or bare git directory")
+    parser = suite_arguments(__doc__)
     parser.add_argument("--peer-python", default=str(ROOT / ".venv-peer" / "bin" / "python"),
                         help="an interpreter with numpyro and jax (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "posteriordb", help="suite folder (default: %(default)s)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="zoo names to regenerate (default: all)")
-    parser.add_argument("--commit", help="posteriordb commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--chains", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    names = [e.name for e in PEER_SUITE]
-    unknown = sorted(set(args.only or ()) - set(names))
-    if unknown:
-        parser.error(f"unknown names {unknown}; known: {names}")
+    entries = selected(parser, args.only, PEER_SUITE)
     pdb = PosteriorDB(args.posteriordb, args.commit)
     settings = {"num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.draws,
                 "seed": args.seed, **SETTINGS}
-    command = " ".join(["python", "benchmarks/numpyro_references.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("numpyro_references.py", argv)
     print(f"posteriordb {pdb.commit}; NumPyro under {args.peer_python}")
     print("| name | posterior | scalars | max r_hat | min ess_bulk | seconds |")
     print("|---|---|---|---|---|---|")
-    for entry in PEER_SUITE:
-        if args.only and entry.name not in args.only:
-            continue
+    for entry in entries:
         r = build(pdb, entry, args.peer_python, settings, args.out, command)
         print(f"| {r['name']} | {r['posterior']} | {r['scalars']} | {r['max_r_hat']:.4f} | "
               f"{r['min_ess_bulk']:.0f} | {r['seconds']:.0f} |", flush=True)

@@ -344,27 +344,41 @@ def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
             "max_r_hat": max(r["r_hat"] for r in rows), "min_ess_bulk": min(r["ess_bulk"] for r in rows)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def suite_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a script that writes suite files: POSTERIORDB, --out, --only, --commit."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("posteriordb", help="posteriordb checkout or bare git directory")
     parser.add_argument("--out", type=Path, default=ROOT / "posteriordb", help="suite folder (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="zoo names to regenerate (default: all)")
     parser.add_argument("--commit", help="posteriordb commit to record (default: git rev-parse HEAD)")
-    args = parser.parse_args(argv)
+    return parser
 
-    names = [e.name for e in SUITE]
-    unknown = sorted(set(args.only or ()) - set(names))
+
+def selected(parser: argparse.ArgumentParser, only: list[str] | None, suite: list[Entry]) -> list[Entry]:
+    """The entries ``--only`` names (every one by default); an unknown name is a usage error."""
+    names = [e.name for e in suite]
+    unknown = sorted(set(only or ()) - set(names))
     if unknown:
         parser.error(f"unknown names {unknown}; known: {names}")
+    return [e for e in suite if not only or e.name in only]
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that made a file, for its provenance."""
+    return " ".join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = suite_arguments(__doc__)
+    args = parser.parse_args(argv)
+    entries = selected(parser, args.only, SUITE)
     pdb = PosteriorDB(args.posteriordb, args.commit)
-    command = " ".join(["python", "benchmarks/posteriordb_references.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("posteriordb_references.py", argv)
     print(f"posteriordb {pdb.commit}")
     print("| name | posterior | scalars | N | max r_hat | min ess_bulk |")
     print("|---|---|---|---|---|---|")
-    for entry in SUITE:
-        if args.only and entry.name not in args.only:
-            continue
+    for entry in entries:
         r = build(pdb, entry, args.out, command)
         print(f"| {r['name']} | {r['posterior']} | {r['scalars']} | {r['N']} | {r['max_r_hat']:.4f} | "
               f"{r['min_ess_bulk']:.0f} |", flush=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import zoo
+from zoo.inference import svi
 
 
 @pytest.mark.slow  # about 5000 SVI steps
@@ -63,3 +64,30 @@ def test_other_guides_converge_on_a_conjugate_model(guide):
         assert row["max_abs_z"] < 0.25 and 0.9 < row["sd_ratio_min"] <= row["sd_ratio_max"] < 1.1
     else:  # the MAP of a Gaussian posterior is its mean
         assert row["max_abs_z"] < 0.05
+
+
+def test_the_convergence_rule_resumes_bit_identically(tmp_path, monkeypatch):
+    """A run stopped after its search (in the middle of the rule's windows, rate cuts and
+    kept window means) resumes from its checkpoint to the same steps and draws."""
+    opts = {"num_samples": 20, "num_chains": 1, "num_elbo_particles": 20, "checkpoint_every": 50}
+    fresh = zoo.run("normal_known_variance", "svi", seed=0, **opts)
+    steps = fresh.diagnostics["steps"]
+    # an odd checkpoint about 300 steps before the end: past the search, half-way through a window
+    stop_at = (steps - 300) // 100 * 2 + 1
+    saved = []
+    save = svi.Checkpoint.save
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        saved.append(len(args[0]))
+        if len(saved) == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(svi.Checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.run("normal_known_variance", "svi", seed=0, checkpoint=str(tmp_path / "svi.pt"), **opts)
+    monkeypatch.undo()
+    assert saved[-1] == 50 * stop_at and 1000 <= saved[-1] < steps
+    resumed = zoo.run("normal_known_variance", "svi", seed=0, checkpoint=str(tmp_path / "svi.pt"), **opts)
+    assert resumed.diagnostics["elbo_trace"] == fresh.diagnostics["elbo_trace"]
+    np.testing.assert_array_equal(resumed.draws("mu"), fresh.draws("mu"))
