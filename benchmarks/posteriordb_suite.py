@@ -3,7 +3,7 @@
 Command line::
 
     python benchmarks/posteriordb_suite.py [--models NAME ...] [--backends nuts,svi,...]
-        [--seed 0] [--out benchmarks/results/posteriordb.json]
+        [--options JSON] [--jobs N] [--seed 0] [--out benchmarks/results/posteriordb.json]
 
 For each model of the suite (``zoo.list_models(source="posteriordb")``) it runs
 ``zoo.compare`` with every back-end of the model at its defaults (the model's own option
@@ -19,8 +19,9 @@ The JSON file (``--out``) holds::
 
     {"command": ..., "seed": ..., "date": ..., "versions": {...}, "posteriordb_commit": ...,
      "fields": {column: meaning},             # the table columns, as below
-     "models": [{"name", "posterior", "kind", "reference", "scalars", "nuts_options",
-                 "rows": [{column: value}, ...]}]}   # one row per back-end; null = not measured
+     "models": [{"name", "posterior", "kind", "reference", "scalars", "nuts_options" (the
+                 model's own defaults), "options" (--options), "error" (only when the
+                 comparison raised), "rows": [{column: value}, ...]}]}   # one row per back-end; null = not measured
 
 Columns of each row (``fields``): ``backend``; ``seconds`` (inference alone); ``draws``;
 ``ess_bulk_min``, ``ess_tail_min``, ``ess_per_second``, ``r_hat_max``; ``divergences``
@@ -39,9 +40,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -106,7 +109,11 @@ def rows(cmp: Any) -> list[dict[str, Any]]:
     return out
 
 
-def summary(name: str, table: list[dict[str, Any]]) -> str:
+def summary(record: dict[str, Any]) -> str:
+    """One line of the summary table: nuts and svi against the reference, and the recommended."""
+    name, table = record["name"], record["rows"]
+    if "error" in record:
+        return f"| {name} | failed: {record['error'][:80]} | | |"
     by = {r["backend"]: r for r in table}
 
     def cell(label: str) -> str:
@@ -122,10 +129,40 @@ def summary(name: str, table: list[dict[str, Any]]) -> str:
     return f"| {name} | {cell('nuts')} | {cell('svi')} | {best} |"
 
 
+def compare_one(name: str, labels: list[str] | None, seed: int,
+                options: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """``zoo.compare`` on one suite model: its JSON record and the text printed for it. An
+    error the comparison raises is recorded (``error``) instead of stopping the suite."""
+    spec = zoo.get_model(name)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cmp = zoo.compare(name, backends=labels, seed=seed,
+                              options={k: v for k, v in options.items() if labels is None or k in labels})
+    except Exception as e:  # noqa: BLE001 - a benchmark records what broke and goes on
+        return ({"name": name, "kind": spec.kind, "error": f"{type(e).__name__}: {e}"[:2000], "rows": []},
+                f"\n## {name}: failed: {type(e).__name__}: {str(e)[:300]}")
+    table = rows(cmp)
+    text = f"\n## {name} ({time.perf_counter() - start:.0f} s)\n\n" + cmp.table[
+        [c for c in ("backend", "seconds", "ess_bulk_min", "r_hat_max", "divergences", "steps", "max_abs_z",
+                     "sd_ratio_min", "sd_ratio_max", "correct", "note") if c in cmp.table]
+    ].to_markdown(index=False, floatfmt=".3g")
+    exact = cmp.exact
+    return ({"name": name, "posterior": exact.extra.get("posterior") if exact else None,
+             "kind": spec.kind, "reference": exact.kind if exact else None,
+             "scalars": int(sum(np.size(v) for v in exact.mean.values())) if exact else None,
+             "nuts_options": dict(spec.backends.options.get("nuts", {})),
+             "options": options, "rows": table}, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=zoo.list_models(source="posteriordb"))
     parser.add_argument("--backends", help="comma-separated labels (default: every back-end of the model)")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='per-back-end options as JSON, e.g. \'{"nuts": {"sampler": "pyro"}}\'')
+    parser.add_argument("--jobs", type=int, default=1, help="models compared at once, one process each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "posteriordb.json")
     args = parser.parse_args(argv)
@@ -133,27 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"not in the posteriordb suite: {unknown}")
     labels = args.backends.split(",") if args.backends else None
-    models, lines = [], []
-    for name in args.models:
-        spec = zoo.get_model(name)
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cmp = zoo.compare(name, backends=labels, seed=args.seed)
-        table = rows(cmp)
-        print(f"\n## {name} ({time.perf_counter() - start:.0f} s)\n")
-        print(cmp.table[[c for c in ("backend", "seconds", "ess_bulk_min", "r_hat_max", "divergences", "steps",
-                                     "max_abs_z", "sd_ratio_min", "sd_ratio_max", "correct", "note")
-                         if c in cmp.table]].to_markdown(index=False, floatfmt=".3g"), flush=True)
-        exact = cmp.exact
-        models.append({"name": name, "posterior": exact.extra.get("posterior") if exact else None,
-                       "kind": spec.kind, "reference": exact.kind if exact else None,
-                       "scalars": int(sum(np.size(v) for v in exact.mean.values())) if exact else None,
-                       "nuts_options": dict(spec.backends.options.get("nuts", {})), "rows": table})
-        lines.append(summary(name, table))
-        write(args.out, argv, args.seed, models)  # after every model: an interrupted run keeps what it did
+    done: dict[str, dict[str, Any]] = {}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(compare_one, name, labels, args.seed, args.options): name for name in args.models}
+        for future in as_completed(futures):
+            record, text = future.result()
+            print(text, flush=True)
+            done[record["name"]] = record
+            write(args.out, argv, args.seed, [done[n] for n in args.models if n in done])  # keeps partial runs
     print("\n| model | nuts correct | svi correct | recommended |\n|---|---|---|---|")
-    print("\n".join(lines))
+    print("\n".join(summary(done[n]) for n in args.models))
     print(f"\nwrote {args.out}")
     return 0
 
