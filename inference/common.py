@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -239,10 +241,19 @@ def discrete_draws(problem: Problem, draws: dict[str, np.ndarray], temperature: 
                 return conditioned()
 
         fn = infer_discrete(model, first_available_dim=-(base + 1), temperature=temperature)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # a one-valued site: nothing to enumerate
+            warnings.filterwarnings("ignore", message="infer_discrete found no sample sites")
             tr = poutine.trace(fn).get_trace()
-        return {k: tr.nodes[k]["value"].reshape((n,) + problem.sites[k].shape).numpy()
-                for k in problem.discrete_sites}
+        out = {}
+        for k in problem.discrete_sites:
+            value, shape = tr.nodes[k]["value"], (n,) + problem.sites[k].shape
+            # a site with a single possible value (a one-component mixture) is not enumerated:
+            # infer_discrete leaves its value unbroadcast
+            if value.numel() != math.prod(shape):
+                value = value.reshape(value.shape[value.dim() - len(shape):] if value.dim() > len(shape) else value.shape)
+                value = value.expand(shape)
+            out[k] = value.reshape(shape).numpy()
+        return out
 
     chunks = _batched(problem, num, run)
     return {k: np.concatenate([c[k] for c in chunks]) for k in problem.discrete_sites}
@@ -299,6 +310,29 @@ def init_values(problem: Problem, seed: int) -> dict[str, torch.Tensor]:
     rules = "uniform(-2, 2) on the unconstrained scale" + ("" if problem.improper else " nor prior draws")
     raise ZooError(f"model {problem.name!r}: no starting point with a finite log density and gradient "
                    f"in 100 tries of {rules}; the data may be impossible under the model")
+
+
+def optimiser_start(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.Tensor]:
+    """Where an optimiser (svi's guide) starts: the prior draw with the highest log joint among
+    ``num`` draws, continuous sites only (the discrete ones summed out).
+
+    Unlike MCMC chains (`init_values`, Stan's rule), an optimiser wants to start near a good
+    mode rather than dispersed: from Stan's uniform(-2, 2) start, SVI on ``gaussian_mixture``'s
+    default data (seed 0) stopped at a merged-component optimum (log-likelihood -9.87 per point
+    against scikit-learn's -3.76), and from the best prior draw it reaches -3.76. A model with
+    a flat prior has no prior to draw from: it starts by Stan's rule.
+    """
+    if problem.improper:
+        return init_values(problem, seed)
+    seed_all(seed)
+    draws = {k: v for k, v in sample_vectorised(problem, prior(problem), num).items()
+             if k not in problem.discrete_sites}
+    log_joint, _ = log_densities(problem, draws)
+    if not np.isfinite(log_joint).any():
+        raise ZooError(f"model {problem.name!r}: none of {num} prior draws has positive density "
+                       "on this data; the data may be impossible under the model")
+    best = int(np.nanargmax(np.where(np.isfinite(log_joint), log_joint, -np.inf)))
+    return {k: torch.as_tensor(v[best], dtype=DTYPE) for k, v in draws.items()}
 
 
 def importance_weights(problem: Problem, proposal: Callable[[], Any], num: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

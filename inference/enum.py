@@ -9,8 +9,6 @@ ELBO is the exact log evidence and the assignments are exact posterior draws.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from pyro import poutine
@@ -60,7 +58,7 @@ def _only_discrete(problem: Problem, *, seed: int, num_samples: int, num_chains:
             values.append(t.nodes[k]["value"].numpy())
     return Fit(posterior=to_chains({k: np.stack(v) for k, v in draws.items()}, num_chains),
                diagnostics={"elbo": log_evidence, "log_evidence": log_evidence,
-                            "note": "no continuous latents: exact enumeration"})
+                            "note": "no continuous latents: exact enumeration"}, kind="independent")
 
 
 def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps: int, lr: float,
@@ -79,7 +77,7 @@ def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps:
         else complete_draws(problem, continuous)
     diagnostics = svi.training_diagnostics(problem, trained, guide, num_steps, num_elbo_particles)
     return Fit(posterior=to_chains(draws, num_chains), diagnostics={**diagnostics, "assignments": assignments},
-               guide=trained.guide)
+               guide=trained.guide, kind="point" if guide == "delta" else "independent")
 
 
 BACKEND = Backend(

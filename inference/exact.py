@@ -18,6 +18,7 @@ def fit(problem: Problem, *, seed: int, num_samples: int, num_chains: int, progr
     return Fit(
         posterior=to_chains({k: np.asarray(draws[k]) for k in problem.latent_sites}, num_chains),
         diagnostics={"log_evidence": post.log_evidence},
+        kind="independent",
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from pyro.infer.autoguide import AutoNormalizingFlow
 
 from zoo.core.errors import ZooError
-from zoo.core.problem import DTYPE
+from zoo.core.problem import DTYPE, default_dtype
 
 
 def coupling_transform(dim: int, num_layers: int = 4, hidden: int | None = None, seed: int | None = None,
@@ -41,7 +41,9 @@ def coupling_transform(dim: int, num_layers: int = 4, hidden: int | None = None,
     hidden = int(hidden or max(16, 10 * dim))
     split = dim // 2
     reverse = torch.arange(dim - 1, -1, -1)
-    with torch.random.fork_rng(devices=[]):
+    # the weights are drawn in float32 and cast, as torch's modules do by default, whatever the
+    # caller's default dtype (a zoo run sets float64): the same seed gives the same flow anywhere
+    with torch.random.fork_rng(devices=[]), default_dtype(torch.float32):
         if seed is not None:
             torch.manual_seed(seed)
         parts: list[Any] = []

@@ -63,5 +63,4 @@ BACKEND = Backend(
     choices=MCMC_CHOICES,
     summary="Hamiltonian Monte Carlo, fixed number of leapfrog steps, several chains",
     applicable=needs_continuous,
-    markov_chains=True,
 )

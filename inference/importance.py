@@ -83,6 +83,7 @@ def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles
     return Fit(
         posterior=to_chains(complete_draws(problem, {k: v[index] for k, v in draws.items()}), num_chains),
         diagnostics=diagnostics,
+        kind="resampled",
     )
 
 

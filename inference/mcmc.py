@@ -24,6 +24,7 @@ import pyro
 import torch
 from pyro.infer import MCMC
 from pyro.infer.autoguide.initialization import init_to_value
+from tqdm.auto import tqdm
 
 from zoo.core.errors import ZooError
 from zoo.core.files import atomic_write
@@ -117,9 +118,13 @@ def _one_chain(problem: Problem, model, make_kernel, chain_seed: int, num_sample
     init = init_to_value(values=init_values(problem, chain_seed))
     seed_all(chain_seed)
     kernel = make_kernel(model, init_strategy=init, max_plate_nesting=problem.max_plate_nesting)
+    # Pyro's own bar sits at position 0 and stays: under an outer bar (compare) it would
+    # overwrite it. A bar of ours nests below the outer one and goes when the chain is done.
+    bar = tqdm(total=num_warmup + num_samples, desc="chain (Pyro kernel)", leave=False,
+               disable=not progress)
     mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
-                disable_progbar=not progress)
-    with pyro.validation_enabled(False):
+                disable_progbar=True, hook_fn=lambda *_: bar.update())
+    with pyro.validation_enabled(False), bar:
         mcmc.run()
     samples = mcmc.get_samples()
     out = {k: samples[k].detach().reshape((num_samples,) + problem.sites[k].shape).numpy()

@@ -46,5 +46,4 @@ BACKEND = Backend(
     choices=MCMC_CHOICES,
     summary="No-U-Turn Hamiltonian Monte Carlo, several chains (batched)",
     applicable=needs_continuous,
-    markov_chains=True,
 )

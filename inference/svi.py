@@ -40,8 +40,8 @@ from zoo.inference.common import (
     complete_draws,
     enumerated,
     importance_weights,
-    init_values,
     needs_continuous,
+    optimiser_start,
     run_key,
     sample_vectorised,
     seed_all,
@@ -102,7 +102,7 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
         q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
         q = GUIDES[guide](poutine.block(model, hide=discrete) if discrete else model,
-                          init_loc_fn=init_to_value(values=init_values(problem, seed)))
+                          init_loc_fn=init_to_value(values=optimiser_start(problem, seed)))
     args = {"lr": lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)}
     optim = Adam(args, average)
     schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q)) if converge else None
@@ -460,7 +460,7 @@ def fit(problem: Problem, *, seed: int, guide: str, num_steps: int, lr: float, l
     draws = complete_draws(problem, sample_vectorised(problem, trained.guide, num_chains * num_samples))
     return Fit(posterior=to_chains(draws, num_chains),
                diagnostics=training_diagnostics(problem, trained, guide, num_steps, num_elbo_particles),
-               guide=trained.guide)
+               guide=trained.guide, kind="point" if guide == "delta" else "independent")
 
 
 def training_diagnostics(problem: Problem, trained: Trained, guide: str, num_steps: int,

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch.distributions import constraints
 
-from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference
+from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference, gaussian_marginals
 
 PRIORS = ("gaussian", "laplace")
 
@@ -116,6 +116,7 @@ def exact(data: dict, hyper: dict) -> ExactPosterior:
         log_prob=log_prob,
         log_evidence=float(log_evidence),
         extra={"m": m, "cov": cov},
+        marginal=gaussian_marginals({"w": m}, {"w": np.sqrt(np.diag(cov))}),
     )
 
 
@@ -131,6 +132,7 @@ SPEC = ModelSpec(
         "y": DataKey(("N",), support=constraints.real),
     },
     latent_sites=("w",),
+    dims={"w": ("D",)},
     hyper={
         "sigma": Hyper(1.0, constraints.positive),
         "s": Hyper(1.0, constraints.positive),

@@ -81,6 +81,7 @@ def exact(data: dict, hyper: dict) -> ExactPosterior:
         log_prob=lambda values: float(np.sum(post.logpdf(values["p"]))),
         log_evidence=log_evidence,
         extra={"alpha_n": alpha_n, "beta_n": beta_n},
+        marginal=lambda site, index: stats.beta(alpha_n[index], beta_n[index]),
     )
 
 
@@ -92,6 +93,7 @@ SPEC = ModelSpec(
         "y": DataKey(("N",), support=constraints.boolean),
     },
     latent_sites=("p",),
+    dims={"p": ("K",)},
     hyper={
         "K": Hyper(3, constraints.positive_integer),
         "alpha": Hyper(1.0, constraints.positive),

@@ -70,6 +70,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N",), dtype="long")},
     latent_sites=("pi",),
+    dims={"pi": ("K",)},
     hyper={"alpha": Hyper([1.0, 1.0, 1.0], constraints.positive, size="K")},
     sizes={"N": 100},
     seed_section="004 2.1.3 (conjugate table, row 6: Multinomial likelihood, Dirichlet prior), "

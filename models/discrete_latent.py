@@ -378,7 +378,8 @@ def _make_fit(estimator: str):
         return Fit(posterior={"locs": locs, "c": c},
                    diagnostics={"elbo": elbo, "elbo_trace": trace, "time_trace": q["time_trace"],
                                 "grad_variance": grad_var, "steps": q["steps"],
-                                "seconds_per_step": q["time_trace"][-1] / q["steps"]})
+                                "seconds_per_step": q["time_trace"][-1] / q["steps"]},
+                   kind="independent")
 
     return fit
 
@@ -446,6 +447,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N",), support=constraints.real)},
     latent_sites=("locs",),
+    dims={"locs": ("component",)},
     hyper={
         "K": Hyper(3, constraints.positive_integer),
         "mu0": Hyper(0.0, constraints.real),

@@ -268,7 +268,6 @@ GIBBS = Backend(
     options={"num_samples": 1000, "num_warmup": 500, "num_chains": 4, "progress": None},
     summary="blocked Gibbs sampler of the truncated stick-breaking DP mixture (notes 004 2.3.4)",
     quick={"num_samples": 20, "num_warmup": 20, "num_chains": 2},
-    markov_chains=True,
 )
 
 
@@ -420,6 +419,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "D"), support=constraints.real, min_ndim=1)},
     latent_sites=("sticks", "locs"),
+    dims={"sticks": ("stick",), "locs": ("cluster", "D")},
     hyper={
         "T": Hyper(10, constraints.positive_integer),
         "alpha": Hyper(1.0, constraints.positive),

@@ -237,6 +237,7 @@ def _fit_em(problem, *, seed: int, num_samples: int, num_chains: int, max_iter: 
         diagnostics={"loglik": res["loglik"], "loglik_em_per_point": res["loglik_per_point"],
                      "loglik_trace": res["loglik_trace"], "steps": res["iterations"],
                      "converged": res["converged"], "restart_logliks": res["restart_logliks"]},
+        kind="point",
     )
 
 
@@ -368,6 +369,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "D"), support=constraints.real, min_ndim=1)},
     latent_sites=("weights", "locs", "scales"),
+    dims={"weights": ("component",), "locs": ("component", "D"), "scales": ("component", "D")},
     hyper={
         "K": Hyper(3, constraints.positive_integer),
         "alpha": Hyper(5.0, constraints.positive),

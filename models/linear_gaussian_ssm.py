@@ -38,6 +38,7 @@ from zoo.core.spec import (
     ModelSpec,
     Reference,
     Scoring,
+    gaussian_marginals,
 )
 
 NAME = "linear_gaussian_ssm"
@@ -373,6 +374,7 @@ def exact(data: dict, hyper: dict) -> ExactPosterior:
                "predicted_means": filt.predicted_means, "predicted_covs": filt.predicted_covs,
                "smoothed_covs": smooth.covs, "smoother_gains": smooth.gains,
                "step_log_evidence": filt.step_log_evidence},
+        marginal=gaussian_marginals({"x": smooth.means}, {"x": sd}),
     )
 
 
@@ -449,6 +451,7 @@ SPEC = ModelSpec(
         "u": DataKey(("T", "du"), observed=False, optional=True, support=constraints.real),
     },
     latent_sites=("x",),
+    dims={"x": ("T", "dx")},
     hyper={
         "A": Hyper(_A, constraints.real),
         "B": Hyper(_B, constraints.real),

@@ -201,6 +201,7 @@ SPEC = ModelSpec(
         "y": DataKey(("N",), support=constraints.boolean),
     },
     latent_sites=("w", "b"),
+    dims={"w": ("D",)},
     hyper={
         "s": Hyper(1.0, constraints.positive),
         "s_b": Hyper(2.0, constraints.positive),

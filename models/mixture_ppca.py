@@ -170,6 +170,7 @@ def _fit_em(problem, *, seed: int, num_samples: int, num_chains: int, num_restar
         posterior={**post, "component": comp, "z": z},
         diagnostics={"loglik": trace[-1], "loglik_trace": trace, "steps": len(trace),
                      "restart_logliks": est["restart_logliks"]},
+        kind="point",
     )
 
 
@@ -260,6 +261,8 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "D"), support=constraints.real)},
     latent_sites=("weights", "W", "mu", "sigma"),
+    dims={"weights": ("cluster",), "W": ("cluster", "D", "latent_dim"), "mu": ("cluster", "D"),
+          "sigma": ("cluster",), "z": ("N", "latent_dim")},
     hyper={
         "K": Hyper(2, constraints.positive_integer),
         "d": Hyper(1, constraints.positive_integer),

@@ -114,6 +114,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "D"), support=constraints.real)},
     latent_sites=("precision",),
+    dims={"precision": ("D", "D_col")},
     hyper={
         "mu": Hyper(default=list(_MU), constraint=constraints.real_vector, size="D"),
         "nu0": Hyper(5.0, constraints.positive),

@@ -169,13 +169,14 @@ def _fit_nce(problem, *, seed: int, num_samples: int, num_chains: int, noise_rat
         raise problem.error(f"NCE did not converge (tau = {est['tau']:.3g}); try another noise_scale")
     return Fit(posterior=_repeat(est, num_chains, num_samples),
                diagnostics={**_diagnostics(est, x), "nce_objective": est["objective"],
-                            "steps": est["iterations"], "noise_loc": loc, "noise_sd": scale})
+                            "steps": est["iterations"], "noise_loc": loc, "noise_sd": scale},
+               kind="point")
 
 
 def _fit_mle(problem, *, seed: int, num_samples: int, num_chains: int, progress=None) -> Fit:
     x = problem.np_data["x"]
     est = mle_fit(x)
-    return Fit(posterior=_repeat(est, num_chains, num_samples), diagnostics=_diagnostics(est, x))
+    return Fit(posterior=_repeat(est, num_chains, num_samples), diagnostics=_diagnostics(est, x), kind="point")
 
 
 def diagnose(problem, posterior: dict[str, np.ndarray], truth: dict | None) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def exact(data: dict, hyper: dict) -> ExactPosterior:
         log_prob=log_prob,
         log_evidence=float(log_evidence),
         extra={"mu_n": mu_n, "kappa_n": kappa_n, "a_n": a_n, "b_n": b_n},
+        marginal=lambda site, index: {"mu": mu_post, "tau": tau_post}[site],
     )
 
 
@@ -130,6 +131,7 @@ def _fit_cavi(problem, *, seed: int, num_samples: int, num_chains: int, max_iter
         },
         diagnostics={"elbo": q["elbo_trace"][-1], "elbo_trace": q["elbo_trace"],
                      "steps": len(q["elbo_trace"])},
+        kind="independent",
     )
 
 

@@ -167,6 +167,7 @@ def _fit_em(problem, *, seed: int, num_samples: int, num_chains: int, max_iter: 
             "z": z,
         },
         diagnostics={"loglik": trace[-1], "loglik_trace": trace, "steps": len(trace) - 1},
+        kind="point",
     )
 
 
@@ -236,6 +237,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "D"), support=constraints.real)},
     latent_sites=("W", "mu", "sigma"),
+    dims={"W": ("D", "latent_dim"), "mu": ("D",), "z": ("N", "latent_dim")},
     hyper={
         "d": Hyper(2, constraints.positive_integer),
         "s": Hyper(1.0, constraints.positive),

@@ -186,7 +186,7 @@ def _fit_mle(problem, *, seed: int, num_samples: int, num_chains: int, num_steps
         "test_loglik_worst": float(np.min(test_loglik)),
         "gaussian_test_loglik_per_point": float(np.mean(gauss.logpdf(test))),
         "gaussian_test_loglik_median": float(np.median(gauss.logpdf(test))),
-        "steps": num_steps, "train_points": len(train), "test_points": len(test)})
+        "steps": num_steps, "train_points": len(train), "test_points": len(test)}, kind="point")
 
 
 MLE = Backend(

@@ -393,6 +393,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "P"), support=constraints.unit_interval)},
     latent_sites=(),  # no global latents: z is local, the networks' weights are parameters
+    dims={"z": ("N", "latent_dim")},
     hyper={
         "d": Hyper(2.0, constraints.positive_integer),
         "hidden": Hyper(64.0, constraints.positive_integer),

@@ -365,6 +365,7 @@ SPEC = ModelSpec(
     model=model,
     data={"x": DataKey(("N", "T", "P"), support=constraints.real)},
     latent_sites=(),  # no global latents: z is local, the networks' weights are parameters
+    dims={"z": ("N", "T", "latent_dim")},
     hyper={"d": Hyper(2.0, constraints.positive_integer), "hidden": Hyper(16.0, constraints.positive_integer)},
     sizes={"N": 32, "T": 15, "P": 2},
     seed_section="004 papers 2.1 (VRNN, eqs 6.2 to 6.10)",

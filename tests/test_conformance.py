@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pkgutil
 
+import arviz as az
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from pyro import poutine
 import zoo
 from zoo import models, registry
 from zoo.core.problem import prepare
+from zoo.results import RESULT_PLOTS
 from zoo.inference.common import log_densities, prior, sample_vectorised
 
 # Small settings: these tests check shapes, names and plumbing, not accuracy.
@@ -87,16 +90,69 @@ def test_backend_returns_inference_data(name, backend):
     if not problem.sites:  # a density model: no posterior to check
         return
     post = res.idata.posterior
+    # Markov chains stay chains; independent, resampled or repeated draws are one chain
+    chains = (2, fast["num_samples"]) if res.kind == "mcmc" else (1, 2 * fast["num_samples"])
     for site in problem.latent_sites:
         assert site in post, f"posterior lacks latent site {site}"
         assert post[site].dims[:2] == ("chain", "draw")
         shape = problem.sites[site].shape
         if problem.spec.scoring.local_rows is not None and site not in problem.spec.latent_sites:
             shape = (min(shape[0], problem.spec.scoring.local_rows),) + shape[1:]
-        assert post[site].shape == (2, fast["num_samples"]) + shape
+        assert post[site].shape == chains + shape
         assert np.all(np.isfinite(post[site].values))
-    assert set(res.idata.log_likelihood.data_vars) == set(problem.observed)
+        assert not any(d.startswith(f"{site}_dim_") for d in post[site].dims), "every dimension is named"
+    if res.kind == "point":  # a point estimate: no log-likelihood per draw, and the zoo says why
+        assert "log_likelihood" not in res.idata.groups() and "point estimate" in res.idata.attrs["no_log_likelihood"]
+    else:
+        assert set(res.idata.log_likelihood.data_vars) == set(problem.observed)
     assert {"r_hat_max", "ess_bulk_min", "ess_tail_min"} <= set(res.diagnostics)
+    check_arviz_workflow(res)
+
+
+def check_arviz_workflow(res):
+    """Every ArviZ function of the workflow runs on the result, or the zoo says why it does not
+    apply: az.summary, ess, rhat, bfmi, loo, waic, compare and the plots (trace, rank, pair,
+    energy, ppc, loo_pit, forest, through `Result.plot`)."""
+    idata, d, sites = res.idata, res.diagnostics, res.sites
+    az.summary(idata, var_names=sites)
+    az.ess(idata, var_names=sites)
+    rhat = az.rhat(idata, var_names=sites)
+    spread = any(np.ptp(idata.posterior[v].values, axis=(0, 1)).max() > 0 for v in sites)
+    if res.kind == "mcmc":
+        assert not np.isnan(d["r_hat_max"])  # inf where a chain is stuck
+        np.testing.assert_allclose(d["r_hat_max"], max(float(rhat[v].max()) for v in sites))
+    else:  # no made-up chains: one chain, no r_hat, ESS the number of draws (or weight ESS, or none)
+        assert idata.posterior.sizes["chain"] == 1 and np.isnan(d["r_hat_max"])
+        draws = idata.posterior.sizes["draw"]
+        expected = {"independent": draws, "resampled": min(draws, d.get("weight_ess", draws))}.get(res.kind, np.nan)
+        np.testing.assert_allclose(d["ess_bulk_min"], expected if spread else np.nan)  # no spread: no ESS
+    if "energy" in idata.get("sample_stats", {}):
+        np.testing.assert_allclose(d["bfmi_min"], np.min(az.bfmi(idata)))
+    else:
+        assert d["bfmi_note"] and "bfmi_min" not in d
+    observed = list(idata.observed_data.data_vars)
+    if "elpd_loo" in d:
+        for var in observed:
+            az.loo(idata, var_name=var)
+            az.waic(idata, var_name=var)
+        if len(observed) == 1:
+            np.testing.assert_allclose(d["elpd_loo"], az.loo(idata).elpd_loo)
+        az.compare({"a": idata, "b": idata}, var_name=observed[0])
+    else:
+        with pytest.raises(zoo.ZooError, match="no LOO"):
+            res.loo()
+        assert d["loo_note"]
+    for kind in RESULT_PLOTS:
+        if kind in ("prior_ppc", "elbo", "density"):
+            continue  # not ArviZ's list (and drawn by the comparison tests)
+        reason = res.plot_reason(kind)
+        if reason is None:
+            fig = res.plot(kind)
+            assert fig.texts or fig._suptitle, f"{kind} plot has no title"
+            plt.close(fig)
+        else:
+            with pytest.raises(zoo.ZooError, match=f"no {kind} plot"):
+                res.plot(kind)
 
 
 @pytest.mark.parametrize("name", [n for n, s in registry.MODELS.items() if s.reference.exact is not None])

@@ -270,7 +270,7 @@ def test_bad_data_and_options_raise():
     with pytest.raises(zoo.ZooError, match="dp_mixture.*x.*(NaN|non-finite)"):
         zoo.run("dp_mixture", "gibbs", data={"x": bad})
     with pytest.raises(zoo.ZooError, match="dp_mixture.*x.*shape"):
-        zoo.run("dp_mixture", "gibbs", data={"x": x[:, 0]})
+        zoo.run("dp_mixture", "gibbs", data={"x": x[:, :, None]})  # (N,) and (N, D) are fine
     with pytest.raises(zoo.ZooError, match="dp_mixture.*num_samples"):
         zoo.run("dp_mixture", "gibbs", data={"x": x}, num_samples=0)
     with pytest.raises(zoo.ZooError, match="alpha"):

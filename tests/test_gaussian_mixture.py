@@ -105,7 +105,7 @@ def test_em_backend_through_zoo():
     data, truth = zoo.simulate(NAME, seed=1, N=150)
     res = zoo.run(NAME, "em", data=data, truth=truth, seed=0, num_samples=500, num_chains=2)
     post = res.idata.posterior
-    assert post["locs"].shape == (2, 500, 3, 3) and post["assignment"].shape == (2, 500, 150)
+    assert post["locs"].shape == (1, 1000, 3, 3) and post["assignment"].shape == (1, 1000, 150)
     locs = post["locs"].values
     assert np.all(np.diff(locs[..., 0], axis=-1) > 0), "relabelled: increasing locs[..., 0]"
     assert np.all(locs == locs[0, 0]), "a point estimate repeated over draws"
@@ -216,7 +216,7 @@ def test_enum_reaches_sklearn_log_likelihood():
     d = res.diagnostics
     assert d["loglik_per_point"] >= d["sklearn_loglik_per_point"] - 0.01
     assert d["ari"] > 0.9
-    assert res.idata.posterior["assignment"].shape == (2, 200, len(data["x"]))
+    assert res.idata.posterior["assignment"].shape == (1, 400, len(data["x"]))
 
 
 @pytest.mark.slow

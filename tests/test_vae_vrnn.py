@@ -67,7 +67,7 @@ def _np_elbo(x, nets, num, rng):
 def test_vae_runs_with_the_amortised_guide(vae_result, digits64):
     res = vae_result
     z = res.idata.posterior["z"]
-    assert z.shape[:2] == (2, 10) and z.shape[-1] == 2
+    assert z.shape[:2] == (1, 20) and z.shape[-1] == 2
     assert np.all(np.isfinite(z.values))
     d = res.diagnostics
     assert d["guide"] == "amortised" and len(d["elbo_trace"]) == SMALL_VAE["num_steps"]
@@ -144,7 +144,7 @@ def test_vrnn_runs_and_reports_per_step_terms(vrnn_result, vrnn_data):
     res = vrnn_result
     N, T, _P = vrnn_data["x"].shape
     z = res.idata.posterior["z"]
-    assert z.shape == (2, 10, N, T, 2) and np.all(np.isfinite(z.values))
+    assert z.shape == (1, 20, N, T, 2) and np.all(np.isfinite(z.values))
     d = res.diagnostics
     assert len(d["elbo_trace"]) == SMALL_VRNN["num_steps"] and d["guide"] == "amortised"
     elbo_t, kl_t = np.asarray(d["elbo_per_step"]), np.asarray(d["kl_per_step"])

@@ -24,11 +24,13 @@ from zoo.bandit import simulate_bandit
 from zoo.calibration import sbc
 from zoo.core.errors import InferenceError, ZooError
 from zoo.grids import grid
+from zoo.model_comparison import ModelComparison, compare_models
 from zoo.posteriordb import suite
 from zoo.results import Comparison, Result, load
 from zoo.sequential import sequential_update
 
 suite.register_suite()  # lists the posteriordb suite; each model registers on its first use
 
-__all__ = ["Comparison", "InferenceError", "Result", "ZooError", "catalogue", "compare", "get_model", "grid", "list_backends",
-           "list_models", "load", "register", "run", "sbc", "sequential_update", "simulate", "simulate_bandit"]
+__all__ = ["Comparison", "InferenceError", "ModelComparison", "Result", "ZooError", "catalogue", "compare", "compare_models",
+           "get_model", "grid", "list_backends", "list_models", "load", "register", "run", "sbc", "sequential_update",
+           "simulate", "simulate_bandit"]

@@ -124,8 +124,8 @@ def simulate(name: str, seed: int = 0, hyper: Mapping[str, Any] | None = None,
     flat = [k for k, site in tr.nodes.items() if site["type"] == "sample" and site_kind(site) == "latent"
             and is_improper(site)]
     if flat:
-        raise ZooError(f"model {name!r}: {flat_prior('zoo.simulate (and zoo.sbc, which simulates with it)', flat)}; fix those sites with "
-                       f"truth={{...}} to simulate data")
+        what = "zoo.simulate (and zoo.sbc, which simulates with it)"
+        raise ZooError(f"model {name!r}: {flat_prior(what, flat)}; fix those sites with truth={{...}} to simulate data")
     data = dict(inputs)
     latent = {}
     for site_name, site in tr.nodes.items():

@@ -1,4 +1,4 @@
-"""Command line: ``python -m zoo list | run | compare | sbc | grid | bandit``.
+"""Command line: ``python -m zoo list | run | compare | compare-models | sbc | grid | bandit``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     python -m zoo run normal_gamma --backend nuts --seed 0 --out out/ng
     python -m zoo compare normal_gamma --backends exact,nuts,svi,cavi --out out/ng
     python -m zoo compare bayesian_linear_regression --hyper prior=laplace --num-steps 2000
+    python -m zoo compare-models gaussian_mixture:K=2 gaussian_mixture:K=3 --backend enum --out out/k
     python -m zoo sbc normal_gamma --backend nuts --simulations 200 --out out/sbc --executor ray
     python -m zoo grid --models beta_bernoulli,poisson_gamma --backends exact,svi --seeds 3 --out out/grid
     python -m zoo bandit --probs 0.1,0.2,0.3 --horizon 2000 --policy thompson,ucb1 --seeds 5 --out out/b
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoo import api, bandit, calibration, grids, registry, scoring
+from zoo import api, bandit, calibration, grids, model_comparison, registry, scoring
 from zoo.core.errors import InferenceError, ZooError
 from zoo.core.files import write_text
 
@@ -109,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", parents=[common, wide],
                              help="compare back-ends against the exact posterior")
     compare.add_argument("--backends", help="comma-separated labels (default: all of the model's)")
+    models = sub.add_parser("compare-models", parents=[flags, wide],
+                            help="rank models or hyperparameter settings on the same data by PSIS-LOO")
+    models.add_argument("models", nargs="+", metavar="MODEL[:KEY=VALUE,...]",
+                        help="a model name, with hyperparameters after a colon (gaussian_mixture:K=3)")
+    models.add_argument("--backend", default="nuts", help="the back-end every model runs under")
+    models.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same numbers")
+    models.add_argument("--data", metavar="FILE",
+                        help=".npz or .json file of named arrays (default: the first model's)")
     calib = sub.add_parser("sbc", parents=[common, fanout, wide],
                            help="simulation-based calibration of a back-end (ranks of prior draws)")
     calib.add_argument("--backend", default="nuts", help="back-end label to calibrate (default nuts)")
@@ -318,6 +327,23 @@ def _fan_out(args: argparse.Namespace, options: dict[str, Any], hyper: dict | No
     return 0
 
 
+def _model_entry(text: str) -> tuple[str, dict[str, Any]]:
+    """``gaussian_mixture:K=3,alpha=2`` as (name, hyper)."""
+    name, _, rest = text.partition(":")
+    return name, _key_values([kv for kv in rest.split(",") if kv], f"hyperparameters of {name} in {text!r}")
+
+
+def _compare_models(args: argparse.Namespace, options: dict[str, Any], progress: bool) -> int:
+    cmp = model_comparison.compare_models([_model_entry(m) for m in args.models], backend=args.backend,
+                                          data=_load_data(args.data), seed=args.seed, progress=progress, **options)
+    table = cmp.table.drop(columns=["scale"], errors="ignore").reset_index(names="model entry")
+    print(format_table(table, width=None if args.wide else WIDTH))
+    if args.out:
+        for f in cmp.save(args.out):
+            print("wrote", f)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
@@ -335,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         progress = not args.no_progress and sys.stderr.isatty()  # tqdm's disable=None: bars on a terminal only
         if args.command in ("sbc", "grid"):
             return _fan_out(args, options, hyper, progress)
+        if args.command == "compare-models":
+            if hyper:
+                raise ZooError("compare-models takes hyperparameters per model (gaussian_mixture:K=3), not --hyper")
+            return _compare_models(args, options, progress)
         data = _load_data(args.data)
         if args.command == "run":
             res = api.run(args.name, args.backend, data=data, seed=args.seed, hyper=hyper,

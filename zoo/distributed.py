@@ -12,7 +12,7 @@ as its model and an optimiser that averages every gradient with ``all_reduce`` b
 step. Every process draws the same guide noise (same seed), so each step equals the
 one-process step on all the data up to floating-point summation order: R processes give the
 single-process answer, each doing 1/R of the likelihood work. Starting values are
-`inference.common.init_values` on all the data, identical everywhere.
+`inference.common.optimiser_start` on all the data, identical everywhere.
 
 Run it on one machine::
 
@@ -135,7 +135,7 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
     fit = Fit(posterior=to_chains(draws, num_chains),
               diagnostics={"elbo_trace": trained.trace, "steps": len(trained.trace), "guide": guide,
                            "converged": trained.converged, "processes": world,
-                           "note": f"data-parallel SVI over {world} process(es)"})
+                           "note": f"data-parallel SVI over {world} process(es)"}, kind="independent")
     backend = Backend(name="svi", fit=lambda problem, seed: fit, options={})
     result = execute(full, backend, {}, seed, f"svi (data-parallel x{world})")
     result.seconds = seconds

@@ -5,10 +5,18 @@ Yardsticks (DESIGN.md): a back-end is correct on a model when every latent scala
 against a reference made by sampling, a |z| within its Monte Carlo noise passes too
 (`z_allowed`). The distance is the Wasserstein-1 distance between the back-end's draws and
 exact draws, in units of the exact sd (NaN against a reference known only by summaries).
+
+Mixing is reported for what the draws are (`zoo.core.spec.DRAW_KINDS`): r_hat and ArviZ's ESS
+for Markov chains; for independent draws the ESS is the number of draws and there is no r_hat;
+for a resample of weighted draws the ESS is the weight ESS (at most the number of draws); a
+point estimate has neither. Out-of-sample prediction is PSIS-LOO (Vehtari, Gelman and Gabry
+2017) wherever the draws are a posterior over the model's global latents; ``bfmi_min`` is the
+lowest per-chain BFMI of Hamiltonian samplers that record their energy.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,6 +27,94 @@ from zoo.core import arviz_io
 
 Z_GATE = 0.25
 SD_RATIO_GATE = (0.9, 1.1)
+K_GATE = 0.7  # Pareto k above which an importance-sampling estimate is unreliable
+LOO_KEYS = ("elpd_loo", "elpd_loo_se", "p_loo", "loo_k_bad", "loo_k_max")
+
+
+def mixing(idata: Any, sites: list[str], kind: str, weight_ess: float | None = None) -> pd.DataFrame:
+    """Per latent scalar of ``sites``: mean, sd, ESS and r_hat, honest for the ``kind`` of
+    draws (module docstring)."""
+    scalars = arviz_io.scalar_stats(idata, sites)
+    if kind == "mcmc" or not len(scalars):
+        return scalars
+    post = idata.posterior
+    draws = float(post.sizes["chain"] * post.sizes["draw"])
+    ess = {"independent": draws, "resampled": min(draws, weight_ess or draws)}.get(kind, np.nan)
+    constant = scalars["ess_bulk"].isna() if kind != "point" else True  # no spread, no ESS
+    return scalars.assign(ess_bulk=np.where(constant, np.nan, ess), ess_tail=np.where(constant, np.nan, ess),
+                          r_hat=np.nan)
+
+
+R_HAT_MAX = 1.01  # Vehtari et al. (2021)
+ESS_PER_CHAIN_MIN = 100
+
+
+def mixing_warnings(model: str, label: str, diagnostics: Mapping[str, Any], chains: int) -> list[str]:
+    """The warning for Markov chains that have not mixed (Vehtari et al. 2021): r_hat above
+    1.01 or bulk ESS below 100 per chain, with the numbers; an empty list when they are fine.
+    A bulk ESS that is NaN (a chain that never moved) counts as too low."""
+    r_hat, ess = diagnostics.get("r_hat_max", np.nan), diagnostics.get("ess_bulk_min", np.nan)
+    poor = []
+    if r_hat > R_HAT_MAX:
+        poor.append(f"r_hat {r_hat:.3f} > {R_HAT_MAX}")
+    if not ess >= ESS_PER_CHAIN_MIN * chains:
+        poor.append(f"bulk ESS {ess:.0f} < {ESS_PER_CHAIN_MIN} per chain ({ESS_PER_CHAIN_MIN * chains} "
+                    f"for {chains} chain{'s' if chains > 1 else ''})")
+    if not poor:
+        return []
+    return [f"model {model!r}, back-end {label!r}: {' and '.join(poor)}: the chains have not mixed "
+            "(Vehtari et al. 2021); run more warm-up and draws, or reparameterise the model"]
+
+
+def diagnostics(idata: Any, kind: str, sites: list[str], global_sites: list[str], measured: dict[str, Any],
+                conditional_on: list[str] = ()) -> dict[str, Any]:
+    """What a result reports about its draws: r_hat_max, ess_bulk_min and ess_tail_min
+    (`mixing`), PSIS-LOO (`LOO_KEYS`, or ``loo_note`` saying why not) and ``bfmi_min`` (or
+    ``bfmi_note``).
+
+    Parameters
+    ----------
+    kind : what the draws are (`zoo.core.spec.DRAW_KINDS`).
+    sites : the latent sites mixing is measured on; ``global_sites``: the model's global ones.
+    measured : what the back-end measured (``weight_ess``).
+    conditional_on : local continuous latents the pointwise log-likelihood is conditional on
+        (LOO is computed, with a note: each of them is fitted to its own observation).
+    """
+    out: dict[str, Any] = {}
+    if idata.get("posterior") is not None and sites:
+        scalars = mixing(idata, sites, kind, measured.get("weight_ess"))
+        out.update({"r_hat_max": float(scalars["r_hat"].max()), "ess_bulk_min": float(scalars["ess_bulk"].min()),
+                    "ess_tail_min": float(scalars["ess_tail"].min())})
+    reason = loo_reason(idata, kind, global_sites)
+    if reason:
+        out["loo_note"] = reason
+    else:
+        out.update(arviz_io.loo(idata))
+        if conditional_on:
+            out["loo_note"] = (f"the log-likelihood is conditional on the local latents {', '.join(conditional_on)}, "
+                               "each fitted to its own observation: expect large Pareto k")
+    stats = idata.get("sample_stats")
+    if kind != "mcmc":
+        out["bfmi_note"] = f"BFMI is for Hamiltonian Monte Carlo; these are {kind} draws"
+    elif stats is None or "energy" not in stats:
+        out["bfmi_note"] = "the sampler recorded no energy"
+    else:
+        out["bfmi_min"] = float(np.min(arviz_io.bfmi(idata)))
+    return out
+
+
+def loo_reason(idata: Any, kind: str, global_sites: list[str]) -> str | None:
+    """Why PSIS-LOO does not apply to these draws, or None."""
+    if kind == "point":
+        return "a point estimate: no posterior draws to leave an observation out of"
+    if idata.get("log_likelihood") is None or not idata.log_likelihood.data_vars:
+        return idata.attrs.get("no_log_likelihood", "no log-likelihood")
+    if not global_sites:
+        return ("the model has no global latent sites (its networks' weights are point estimates): there is "
+                "no posterior predictive for a left-out observation")
+    if idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"] < 2:
+        return "one draw"
+    return None
 
 
 def scalar_scores(scalars: pd.DataFrame, posterior: dict[str, np.ndarray], exact: Any,
@@ -63,12 +159,12 @@ def z_allowed(mcse_ref: float, sd: float, ess: float, sd_ref: float) -> float:
 def table_row(label: str, result: Any, scalars: pd.DataFrame, exact_log_evidence: float | None) -> dict:
     """One row of the comparison table for a finished back-end run."""
     d = result.diagnostics
-    ess_cap = d.get("weight_ess", math.inf)  # resampled draws are no more informative than this
-    ess_bulk = min(float(scalars["ess_bulk"].min()), ess_cap) if len(scalars) else math.nan
-    ess_tail = min(float(scalars["ess_tail"].min()), ess_cap) if len(scalars) else math.nan
+    ess_bulk = float(scalars["ess_bulk"].min()) if len(scalars) else math.nan
+    ess_tail = float(scalars["ess_tail"].min()) if len(scalars) else math.nan
     post = result.idata.get("posterior")
     row = {
         "backend": label,
+        "kind": result.kind,
         "seconds": result.seconds,
         "draws": int(post.sizes["chain"] * post.sizes["draw"]) if post is not None else 0,
         "ess_bulk_min": ess_bulk,
@@ -81,6 +177,7 @@ def table_row(label: str, result: Any, scalars: pd.DataFrame, exact_log_evidence
         "log_evidence": d.get("log_evidence", math.nan),
         "weight_ess": d.get("weight_ess", math.nan),
         "pareto_k": d.get("pareto_k", math.nan),
+        **{k: d.get(k, math.nan) for k in ("elpd_loo", "elpd_loo_se", "loo_k_bad", "bfmi_min")},
     }
     if exact_log_evidence is not None:
         row["elbo_gap"] = exact_log_evidence - row["elbo"]
@@ -96,16 +193,21 @@ def table_row(label: str, result: Any, scalars: pd.DataFrame, exact_log_evidence
     notes = [d[k] for k in ("note", "chains") if d.get(k)]
     if d.get("divergences"):
         notes.append(f"{d['divergences']} divergent transitions")
-    if d.get("pareto_k", 0) > 0.7:
-        notes.append("Pareto k > 0.7: importance weights unreliable")
+    if d.get("pareto_k", 0) > K_GATE:
+        notes.append("Pareto k > 0.7: importance weights unreliable" if result.kind == "resampled" else
+                     "guide Pareto k > 0.7: the guide is far from the posterior (Yao et al. 2018)")
+    if d.get("loo_k_bad", 0) > 0:
+        notes.append(f"{d['loo_k_bad']:.1%} of observations with LOO Pareto k > 0.7: elpd_loo unreliable")
+    if d.get("bfmi_min", 1.0) < 0.3:
+        notes.append("BFMI < 0.3: the sampler explores the energy distribution poorly")
     row["note"] = "; ".join(notes)
     return row
 
 
-COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second",
-           "r_hat_max", "divergences", "steps", "elbo", "elbo_gap", "log_evidence", "log_evidence_error",
-           "weight_ess", "pareto_k", "max_abs_z", "sd_ratio_min", "sd_ratio_max", "w1_max",
-           "correct", "recommended", "note"]
+COLUMNS = ["backend", "kind", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second",
+           "r_hat_max", "divergences", "bfmi_min", "steps", "elbo", "elbo_gap", "log_evidence", "log_evidence_error",
+           "weight_ess", "pareto_k", "elpd_loo", "elpd_loo_se", "loo_k_bad", "max_abs_z", "sd_ratio_min",
+           "sd_ratio_max", "w1_max", "correct", "recommended", "note"]
 
 
 def recommend(table: pd.DataFrame) -> pd.DataFrame:
@@ -139,7 +241,7 @@ def score(label: str, result: Any, sites: list[str], exact: Any, exact_draws: di
     notes : notes the model adds to every row (how draws were relabelled).
     """
     sites = sites if result.idata.get("posterior") is not None else []
-    scalars = arviz_io.scalar_stats(result.idata, sites)
+    scalars = mixing(result.idata, sites, result.kind, result.diagnostics.get("weight_ess"))
     if exact is not None and sites:
         scalars = scalar_scores(scalars, {k: result.idata.posterior[k].values for k in sites}, exact, exact_draws)
     row = table_row(label, result, scalars, exact.log_evidence if exact else None)

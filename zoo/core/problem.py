@@ -11,6 +11,7 @@ computes in float64 on the zoo's float64 data, and the user's default dtype is r
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,10 +34,20 @@ DTYPE = torch.float64
 
 
 @contextmanager
-def float64() -> Iterator[None]:
-    """Compute in float64 for the duration: ``torch.set_default_dtype(torch.float64)``, and the
-    previous default restored afterwards (also on an exception), so the user's session is left
-    as it was.
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``torch.set_default_dtype(dtype)`` for the duration, the previous default restored
+    afterwards (also on an exception)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def float64() -> contextlib.AbstractContextManager[None]:
+    """Compute in float64 for the duration (`default_dtype`), so the user's session is left as
+    it was afterwards.
 
     A model written as the Pyro tutorials write them (``dist.Normal(0., 1.)``,
     ``dist.HalfCauchy(5.)``) makes its parameters and draws in the default dtype: float32
@@ -44,12 +55,7 @@ def float64() -> Iterator[None]:
     density loses eight digits. Every zoo entry point that traces or evaluates a model
     (validation, `zoo.simulate`, a back-end run and its packaging) runs inside this.
     """
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPE)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
+    return default_dtype(DTYPE)
 
 
 def is_improper(site: Mapping[str, Any]) -> bool:

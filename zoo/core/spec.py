@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 from torch.distributions import constraints
 
 
@@ -80,6 +81,12 @@ class ExactPosterior:
     ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE);
     for a `StoredReference`, who made it (``"posteriordb"``, ``"numpyro"``)."""
     mcse_mean: dict[str, np.ndarray] | None = None
+    """Monte Carlo standard errors of a sampled reference's means, per site (None: exact)."""
+    marginal: Callable[[str, tuple[int, ...]], Any] | None = None
+    """``marginal(site, index)``: the exact marginal posterior of one latent scalar as a frozen
+    one-dimensional ``scipy.stats`` distribution (its ``pdf`` is drawn in density plots), or
+    None where the model has no closed form for it (plots then show a density estimate of
+    exact draws)."""
 
 
 def first_paragraph(doc: str) -> str:
@@ -262,6 +269,10 @@ class ModelSpec:
     kind : a short label of what sort of model it is (``"logistic regression"``); the
         catalogue's models are labelled by their section of CONCEPTS.md in `zoo.catalogue`.
     description : one line saying what it is (default: the first paragraph of ``doc``).
+    dims : names of the dimensions of latent and deterministic sites, in the InferenceData
+        (``{"locs": ("component", "D")}``); a data key's dimensions are named by its
+        `DataKey.dims`. Dimensions left unnamed take the name of the plate they sit in, else
+        ``<site>_dim_<i>``.
     reference, scoring, backends : the optional parts, see `Reference`, `Scoring`, `Backends`.
     """
 
@@ -278,6 +289,7 @@ class ModelSpec:
     source: str = "catalogue"
     kind: str = ""
     description: str = ""
+    dims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     reference: Reference = field(default_factory=Reference)
     scoring: Scoring = field(default_factory=Scoring)
     backends: Backends = field(default_factory=Backends)
@@ -298,22 +310,37 @@ class ModelSpec:
         return self.reference.unavailable(hyper, data) if self.reference.unavailable else None
 
 
+DRAW_KINDS = {
+    "mcmc": "Markov chains: draws depend on each other; r_hat and ESS measure the mixing",
+    "independent": "independent draws (an exact or a fitted approximate posterior): one chain, "
+                   "ESS = the number of draws, no r_hat",
+    "resampled": "a resample of weighted draws (importance sampling): one chain, ESS = the weight ESS",
+    "point": "a point estimate repeated: no spread, so no ESS, r_hat or LOO",
+}
+
+
 @dataclass
 class Fit:
     """What a back-end returns: draws and whatever it measured on the way.
 
     ``posterior`` maps each latent site to an array shaped ``(chain, draw, *site_shape)``;
-    ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``log_weight``);
+    ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``energy``, ``lp``);
     ``diagnostics`` holds scalars and traces (``elbo``, ``elbo_trace``, ``log_evidence``,
     ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``). ``guide`` is the fitted
     guide of a variational back-end (``svi``, ``enum``), for the model's own scores; it is
-    not saved.
+    not saved. ``kind`` says what the draws are (`DRAW_KINDS`): the chains of ``mcmc`` are
+    kept; the draws of the other kinds are packed as one chain.
     """
 
     posterior: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     guide: Any = None
+    kind: str = "mcmc"
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRAW_KINDS:
+            raise ValueError(f"Fit.kind must be one of {', '.join(DRAW_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -382,6 +409,15 @@ def exact_from_scipy(
             total += float(np.sum(logpdf(values[k])))
         return total
 
+    def marginal(site: str, index: tuple[int, ...]) -> Any:
+        d = marginals[site]
+        if not stats[site][0].shape:  # a univariate distribution
+            return d
+        alpha = getattr(d, "alpha", None)
+        if alpha is not None and np.ndim(alpha) == 1:  # a Dirichlet: Beta marginals
+            return scipy_stats.beta(alpha[index], np.sum(alpha) - alpha[index])
+        return None
+
     return ExactPosterior(
         mean={k: m for k, (m, _) in stats.items()},
         sd={k: s for k, (_, s) in stats.items()},
@@ -389,4 +425,14 @@ def exact_from_scipy(
         log_prob=log_prob,
         log_evidence=log_evidence,
         extra=dict(extra),
+        marginal=marginal,
     )
+
+
+def gaussian_marginals(mean: Mapping[str, np.ndarray], sd: Mapping[str, np.ndarray]) -> Callable[[str, tuple[int, ...]], Any]:
+    """``ExactPosterior.marginal`` of a Gaussian posterior: Normal(mean, sd) for every scalar."""
+
+    def marginal(site: str, index: tuple[int, ...]) -> Any:
+        return scipy_stats.norm(np.asarray(mean[site])[index], np.asarray(sd[site])[index])
+
+    return marginal
