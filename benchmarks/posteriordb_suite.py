@@ -3,13 +3,16 @@
 Command line::
 
     python benchmarks/posteriordb_suite.py [--models NAME ...] [--backends nuts,svi,...]
-        [--options JSON] [--jobs N] [--seed 0] [--out benchmarks/results/posteriordb.json]
+        [--options JSON] [--jobs N] [--all] [--seed 0] [--out benchmarks/results/posteriordb.json]
 
 For each model of the suite (``zoo.list_models(source="posteriordb")``) it runs
 ``zoo.compare`` with every back-end of the model at its defaults (the model's own option
 defaults included: a dense metric or a higher target acceptance where its geometry needs
-them), prints the comparison table, and at the end one summary line per model, then writes
-the tables as JSON. Back-ends that do not apply are listed with the reason. Scoring is
+them, a full-rank guide where its posterior is strongly correlated) and svi with the other
+Gaussian guide family (`other_gaussian`), prints the comparison table, and at the end one summary line per model, then writes
+the tables as JSON. Back-ends that do not apply are listed with the reason; those `LEFT_OUT`
+names for a model (runs over 2 minutes here, or a sampler known to be wrong on it) are not
+run unless ``--all`` is given, and their rows say why. Scoring is
 against the stored reference summaries (posteriordb's reference draws, or NumPyro's for
 ``wells_dist`` and ``radon_hierarchical_intercept_noncentered``): |z| and sd ratio per
 scalar, with the reference's Monte Carlo error allowed for; no Wasserstein distance (there
@@ -19,9 +22,12 @@ The JSON file (``--out``) holds::
 
     {"command": ..., "seed": ..., "date": ..., "versions": {...}, "posteriordb_commit": ...,
      "fields": {column: meaning},             # the table columns, as below
-     "models": [{"name", "posterior", "kind", "reference", "scalars", "nuts_options" (the
-                 model's own defaults), "options" (--options), "error" (only when the
-                 comparison raised), "rows": [{column: value}, ...]}]}   # one row per back-end; null = not measured
+     "models": [{"name", "posterior", "kind", "reference", "scalars", "defaults" (the
+                 model's own option defaults per back-end: a dense metric, a higher target
+                 acceptance, a full-rank guide), "options" (--options), "left_out"
+                 ({back-end: why it was not run}), "load" (the machine's 1-minute load
+                 average before and after the model's comparison), "error" (only when the comparison
+                 raised), "rows": [{column: value}, ...]}]}   # one row per back-end; null = not measured
 
 Columns of each row (``fields``): ``backend``; ``seconds`` (inference alone); ``draws``;
 ``ess_bulk_min``, ``ess_tail_min``, ``ess_per_second``, ``r_hat_max``; ``divergences``
@@ -41,6 +47,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 import warnings
@@ -50,12 +57,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 import zoo
+from zoo import registry
 from zoo.core.files import write_text
+from zoo.inference import svi
 from zoo.posteriordb import POSTERIORDB_COMMIT
 
 ROOT = Path(__file__).resolve().parents[1]
+LEFT_OUT: dict[str, dict[str, str]] = {
+    # the batched sampler of this branch evaluates `X @ beta` wrongly over its chains (every draw
+    # divergent, r_hat 6e15, 2026-11-29); the engine branch fixes it: re-run after its merge
+    "sblrc_blr": dict.fromkeys(("nuts", "hmc"), "the batched sampler before the engine merge is wrong on "
+                               "`X @ beta` (all 2000 draws divergent, r_hat 6e15): re-run after the engine merge "
+                               "(or with --options '{\"nuts\": {\"sampler\": \"pyro\"}}')"),
+    # runs over 2 minutes on the 2-core machine (4 x (1000 + 1000), load about 2)
+    "gp_regr": {"nuts": "takes over 2 min: 291 s (hmc 182 s), 4 x (1000 + 1000), load 2.3 (both correct: "
+                        "|z| 0.015 and 0.047)", "hmc": "takes over 2 min: 182 s, 4 x (1000 + 1000), load 2.3"},
+    "gp_pois_regr": dict.fromkeys(("nuts", "hmc"), "takes over 2 min: nuts 401 s with a diagonal metric, 124 s "
+                                  "with a dense one for 4 x (500 + 500) (issue 15)"),
+}
+"""Back-ends the suite leaves out per model by default, with why (``--all`` runs them)."""
 COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second", "r_hat_max",
            "divergences", "tree_depth_max", "tree_depth_mean", "steps", "converged", "elbo", "pareto_k",
            "max_abs_z", "sd_ratio_min", "sd_ratio_max", "correct", "recommended", "note"]
@@ -109,41 +132,75 @@ def rows(cmp: Any) -> list[dict[str, Any]]:
     return out
 
 
-def summary(record: dict[str, Any]) -> str:
-    """One line of the summary table: nuts and svi against the reference, and the recommended."""
-    name, table = record["name"], record["rows"]
-    if "error" in record:
-        return f"| {name} | failed: {record['error'][:80]} | | |"
-    by = {r["backend"]: r for r in table}
-
-    def cell(label: str) -> str:
-        r = by.get(label)
-        if r is None or r["max_abs_z"] is None:
-            return "n/a" if r is None or "not applicable" in (r["note"] or "") else "failed"
-        extra = (f", {r['divergences']} div, depth {r['tree_depth_max']}" if label == "nuts" and r["tree_depth_max"]
-                 else f", {r['steps']} steps{'' if r['converged'] else ' (cap)'}" if label == "svi" else "")
-        sd = f"{r['sd_ratio_min']:.2f}-{r['sd_ratio_max']:.2f}"
-        return f"{'yes' if r['correct'] else 'no'} (|z| {r['max_abs_z']:.2f}, sd {sd}, {r['seconds']:.0f} s{extra})"
-
-    best = next((r["backend"] for r in table if r["recommended"]), "none")
-    return f"| {name} | {cell('nuts')} | {cell('svi')} | {best} |"
+SUMMARY_BACKENDS = ("nuts", "hmc", "svi", "importance")
 
 
-def compare_one(name: str, labels: list[str] | None, seed: int,
-                options: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """``zoo.compare`` on one suite model: its JSON record and the text printed for it. An
-    error the comparison raises is recorded (``error``) instead of stopping the suite."""
+def summary(models: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per model: its kind, its own option defaults, and per back-end of
+    `SUMMARY_BACKENDS` (and svi with the other Gaussian guide family) whether it was correct
+    against the reference, with |z|, the sd ratios, the seconds, and nuts's divergences and
+    deepest tree or svi's steps (``cap``: stopped at the step cap); ``left out``, ``n/a``
+    (not applicable) or ``failed`` otherwise; then the recommended back-end (the fastest
+    correct one)."""
+    out = []
+    for record in models:
+        by = {r["backend"]: r for r in record["rows"]}
+        row = {"model": record["name"], "kind": record.get("kind", ""),
+               "defaults": "; ".join(f"{b}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                                     for b, o in record.get("defaults", {}).items())}
+        other = next((r["backend"] for r in record["rows"] if r["backend"].startswith("svi:")), None)
+        for label in SUMMARY_BACKENDS:
+            row[label] = cell(by.get(label)) if "error" not in record else "failed: " + record["error"][:80]
+            if label == "svi":
+                row["svi, other guide"] = f"{other.split(':')[1]}: {cell(by[other])}" if other else "n/a"
+        row["recommended"] = next((r["backend"] for r in record["rows"] if r.get("recommended")), "none")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def cell(r: dict[str, Any] | None) -> str:
+    """A back-end's verdict on one model, as the summary shows it."""
+    note = (r or {}).get("note") or ""
+    if r is None or note.startswith("not applicable"):
+        return "n/a"
+    if note.startswith("left out"):
+        return "left out"
+    if r["max_abs_z"] is None:
+        return "failed"
+    extra = (f", {r['divergences'] or 0} div, depth {r['tree_depth_max']}" if r["tree_depth_max"] is not None
+             else f", {r['steps']:.0f} steps{'' if r['converged'] else ' (cap)'}" if r["steps"] is not None else "")
+    sd = f"{r['sd_ratio_min']:.2f}-{r['sd_ratio_max']:.2f}"
+    return f"{'yes' if r['correct'] else 'no'} (|z| {r['max_abs_z']:.2f}, sd {sd}, {r['seconds']:.0f} s{extra})"
+
+
+def other_gaussian(spec: Any) -> str:
+    """The svi label of the Gaussian family that is not the model's default guide: full-rank
+    beside mean-field, or mean-field beside a model's full-rank default, so that the table
+    shows what the other family makes of the posterior."""
+    default = {**svi.SVI_OPTIONS, **spec.backends.options.get("svi", {})}["guide"]
+    return "svi:mean_field" if default == "full_rank" else "svi:full_rank"
+
+
+def compare_one(name: str, labels: list[str] | None, seed: int, options: dict[str, dict[str, Any]],
+                left_out: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """``zoo.compare`` on one suite model: its JSON record and the text printed for it. The
+    back-ends in ``left_out`` are not run; their rows say why. An error the comparison raises
+    is recorded (``error``) instead of stopping the suite."""
     spec = zoo.get_model(name)
-    start = time.perf_counter()
+    labels = [k for k in (labels or [*registry.backends_for(spec), other_gaussian(spec)]) if k not in left_out]
+    defaults = {k: dict(v) for k, v in spec.backends.options.items() if v}
+    start, load = time.perf_counter(), os.getloadavg()[0]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cmp = zoo.compare(name, backends=labels, seed=seed,
-                              options={k: v for k, v in options.items() if labels is None or k in labels})
+                              options={k: v for k, v in options.items() if k in labels})
     except Exception as e:  # noqa: BLE001 - a benchmark records what broke and goes on
-        return ({"name": name, "kind": spec.kind, "error": f"{type(e).__name__}: {e}"[:2000], "rows": []},
+        return ({"name": name, "kind": spec.kind, "defaults": defaults, "left_out": left_out,
+                 "error": f"{type(e).__name__}: {e}"[:2000], "rows": []},
                 f"\n## {name}: failed: {type(e).__name__}: {str(e)[:300]}")
-    table = rows(cmp)
+    table = rows(cmp) + [{**dict.fromkeys(COLUMNS), "backend": k, "note": f"left out: {why}"}
+                         for k, why in left_out.items()]
     text = f"\n## {name} ({time.perf_counter() - start:.0f} s)\n\n" + cmp.table[
         [c for c in ("backend", "seconds", "ess_bulk_min", "r_hat_max", "divergences", "steps", "max_abs_z",
                      "sd_ratio_min", "sd_ratio_max", "correct", "note") if c in cmp.table]
@@ -152,8 +209,8 @@ def compare_one(name: str, labels: list[str] | None, seed: int,
     return ({"name": name, "posterior": exact.extra.get("posterior") if exact else None,
              "kind": spec.kind, "reference": exact.kind if exact else None,
              "scalars": int(sum(np.size(v) for v in exact.mean.values())) if exact else None,
-             "nuts_options": dict(spec.backends.options.get("nuts", {})),
-             "options": options, "rows": table}, text)
+             "defaults": defaults, "options": options, "left_out": left_out,
+             "load": [round(load, 2), round(os.getloadavg()[0], 2)], "rows": table}, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", type=json.loads, default={},
                         help='per-back-end options as JSON, e.g. \'{"nuts": {"sampler": "pyro"}}\'')
     parser.add_argument("--jobs", type=int, default=1, help="models compared at once, one process each")
+    parser.add_argument("--all", action="store_true", help="run the back-ends LEFT_OUT leaves out too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "posteriordb.json")
     args = parser.parse_args(argv)
@@ -172,14 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.backends.split(",") if args.backends else None
     done: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(compare_one, name, labels, args.seed, args.options): name for name in args.models}
+        futures = {pool.submit(compare_one, name, labels, args.seed, args.options,
+                               {} if args.all else LEFT_OUT.get(name, {})): name for name in args.models}
         for future in as_completed(futures):
             record, text = future.result()
             print(text, flush=True)
             done[record["name"]] = record
             write(args.out, argv, args.seed, [done[n] for n in args.models if n in done])  # keeps partial runs
-    print("\n| model | nuts correct | svi correct | recommended |\n|---|---|---|---|")
-    print("\n".join(summary(done[n]) for n in args.models))
+    print("\n" + summary([done[n] for n in args.models]).to_markdown(index=False))
     print(f"\nwrote {args.out}")
     return 0
 

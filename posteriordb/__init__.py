@@ -18,7 +18,9 @@ the Stan code but not copied from it. Every module declares
   int64 tensors;
 * optionally ``NUTS_OPTIONS``: the sampler settings the geometry needs, in the zoo's
   back-end vocabulary (``target_accept``, ``dense_mass``; Pyro's own ``NUTS`` calls them
-  ``target_accept_prob`` and ``full_mass``).
+  ``target_accept_prob`` and ``full_mass``); optionally ``SVI_OPTIONS``: svi's defaults
+  for the model (``{"guide": "full_rank"}`` where the posterior's correlations are strong:
+  a mean-field guide gets the means but not the sds there).
 
 ``reference/<NAME>.json`` holds summaries of the reference draws for every scalar of every
 latent and deterministic site of the Pyro model: mean, sd, MCSEs, bulk/tail ESS, r_hat and

@@ -16,7 +16,7 @@ from types import ModuleType
 
 from zoo import api, registry
 from zoo.core.spec import ModelSpec, StoredReference, first_paragraph
-from zoo.inference import hmc, nuts
+from zoo.inference import hmc, nuts, svi
 from zoo.posteriordb import (
     MODULES,
     arK,
@@ -47,10 +47,11 @@ if list(SUITE) != MODULES:
 
 def register(module: ModuleType) -> ModelSpec:
     """Register one suite module with `zoo.register`: its data, its reference summaries
-    (``reference/<NAME>.json``) and its ``NUTS_OPTIONS`` as the model's defaults for nuts
-    (and hmc, where it takes them)."""
+    (``reference/<NAME>.json``), its ``NUTS_OPTIONS`` as the model's defaults for nuts (and
+    hmc, where it takes them) and its ``SVI_OPTIONS`` as those for svi."""
     geometry = getattr(module, "NUTS_OPTIONS", {})
     options = {b.name: {k: v for k, v in geometry.items() if k in b.options} for b in (nuts.BACKEND, hmc.BACKEND)}
+    options[svi.BACKEND.name] = dict(getattr(module, "SVI_OPTIONS", {}))
     return api.register(module.NAME, module.model, module.data(),
                         reference=StoredReference(FOLDER / "reference" / f"{module.NAME}.json", kind="posteriordb"),
                         options={k: v for k, v in options.items() if v}, source="posteriordb",
