@@ -223,22 +223,28 @@ class Schedule:
        too. The rate starts where every location still moves by ``lr`` a step and is cut (2
        to 10 times, never below `SLOWEST`) while a parameter jitters by more than `JITTER`
        times its tolerance within a window (its sd about its linear trend there: 0.5 guide
-       sds for a location, 0.125 for a log scale). Then the iterates are read as
+       sds for a location, 0.25 for a log scale). Then the iterates are read as
        a Markov chain around the optimum (after Dhaka et al. 2020, "Robust, accurate
        stochastic optimization for variational inference"): one-draw gradients are noisy,
        and where the posterior is correlated the locations only creep towards the optimum,
        so neither the last iterate nor its drift over one window says where the optimum
        is. The window means since the last cut are kept, their first half dropped as
-       burn-in; when the two halves of the rest agree to within `TOLERANCE` guide sds for
-       every location and `SCALE_TOLERANCE` for every other parameter, `SETTLE` windows in a
-       row, the guide's parameters are set to their mean over the kept windows (iterate
-       averaging, whose error is about half that disagreement) and the run ends
-       (``converged``). A scale's tolerance is the tighter one because the sd ratio's gate
-       (0.9-1.1) is: with 0.1, a conjugate normal mean's guide sd ended 5-6 % off (seeds 0
-       to 3), too much beside 500 draws' own 3 %. Guide sds are at most the posterior's where a mean-field guide is
-       too narrow, so the rule errs on the strict side there. At the step cap the average
-       is taken all the same, and ``converged`` stays False.
-    2'. Without ``parts`` (MAP, flows, amortised guides): a geometric anneal to ``floor``
+       burn-in. The rest is judged in each parameter's tolerance (`TOLERANCE` guide sds for
+       a location, `SCALE_TOLERANCE` for every other parameter) by two measures, the larger
+       of which is the ``disagreement``: the difference of its two halves' means (a trend)
+       and `STANDARD_ERRORS` standard errors of the overall mean (the window means' spread
+       over the square root of their number). When it is at most 1 for every parameter,
+       `SETTLE` windows in a row, the guide's parameters are set to their mean over the kept
+       windows (iterate averaging) and the run ends (``converged``). The halves alone were
+       not enough: two halves of two noisy windows agree by chance, and a conjugate normal
+       mean's guide sd ended 5-6 % off (seeds 0 to 3, sd ratio 1.10 with 500 draws); with
+       the standard error it ends within 3 %. Guide sds are at most the posterior's where a
+       mean-field guide is too narrow, so the rule errs on the strict side there. At the
+       step cap the average is taken all the same, and ``converged`` stays False. Where the
+       posterior's correlations are extreme (near -0.99999) a mean-field guide's locations
+       barely move along the ridge and the rule can judge them settled far from the
+       optimum: the guide's Pareto k (above 0.7) is what shows it.
+    3. Without ``parts`` (MAP, flows, amortised guides): a geometric anneal to ``floor``
        over as many steps as the search took (at least `ANNEAL`), then stop (``converged``
        unless the cap cut it short). The anneal is what makes scales settle: stopping at the
        plateau leaves them noisy (sd ratio 1.12 on ``beta_bernoulli``, measured).
