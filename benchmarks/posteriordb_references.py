@@ -277,13 +277,16 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
-    post = pdb.posterior(entry.posterior)
-    ref_name = post["reference_posterior_name"]
-    if not ref_name:
-        raise SystemExit(f"{entry.posterior} has no reference posterior")
-    raw = pdb.data(post["data_name"])
-    data = entry.convert(raw)
+LICENSE = "posteriordb, BSD-3-Clause, Copyright (c) 2011-2024, Stan Developers and their Assignees"
+STATISTICS = ("over all chains x draws: mean, sd (ddof=1), quantiles q05..q95 (numpy, linear); "
+              "mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat (rank-normalised split) from ArviZ "
+              "as az.summary(kind='diagnostics') reports them")
+
+
+def write_data(pdb: PosteriorDB, entry: Entry, post: dict, out: Path, command: str) -> dict:
+    """Convert the posterior's posteriordb data set for the Pyro model, write
+    ``<out>/data/<NAME>.json`` with its provenance, and return the converted data."""
+    data = entry.convert(pdb.data(post["data_name"]))
     write_json(out / "data" / f"{entry.name}.json", {
         "name": entry.name,
         "posterior": entry.posterior,
@@ -291,15 +294,15 @@ def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
         "source": f"posterior_database/data/data/{post['data_name']}.json.zip",
         "posteriordb_commit": pdb.commit,
         "conversion": entry.conversion,
-        "license": "posteriordb, BSD-3-Clause, Copyright (c) 2011-2024, Stan Developers and their Assignees",
+        "license": LICENSE,
         "command": command,
         "data": data,
     })
+    return data
 
-    draws = pdb.draws(ref_name)
-    info = pdb.draws_info(ref_name)
-    chains, ndraws = next(iter(draws.values())).shape
-    scalars = entry.sites(draws, data)
+
+def summary_rows(scalars: list[Scalar]) -> list[dict]:
+    """One summary row (`summarise`) per scalar, with its site, index and Stan name."""
     rows = []
     for s in scalars:
         row = {"site": s.site, "index": list(s.index), "stan": s.stan}
@@ -307,6 +310,19 @@ def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
             row["from_draws"] = s.from_draws
         row.update(summarise(s.draws))
         rows.append(row)
+    return rows
+
+
+def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
+    post = pdb.posterior(entry.posterior)
+    ref_name = post["reference_posterior_name"]
+    if not ref_name:
+        raise SystemExit(f"{entry.posterior} has no reference posterior")
+    data = write_data(pdb, entry, post, out, command)
+    draws = pdb.draws(ref_name)
+    info = pdb.draws_info(ref_name)
+    chains, ndraws = next(iter(draws.values())).shape
+    rows = summary_rows(entry.sites(draws, data))
     write_json(out / "reference" / f"{entry.name}.json", {
         "name": entry.name,
         "posterior": entry.posterior,
@@ -318,10 +334,8 @@ def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
         "reference_inference": info.get("inference"),
         "chains": int(chains),
         "draws_per_chain": int(ndraws),
-        "statistics": "over all chains x draws: mean, sd (ddof=1), quantiles q05..q95 (numpy, linear); "
-                      "mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat (rank-normalised split) from ArviZ "
-                      "as az.summary(kind='diagnostics') reports them",
-        "license": "posteriordb, BSD-3-Clause, Copyright (c) 2011-2024, Stan Developers and their Assignees",
+        "statistics": STATISTICS,
+        "license": LICENSE,
         "command": command,
         "scalars": rows,
     })
@@ -330,27 +344,41 @@ def build(pdb: PosteriorDB, entry: Entry, out: Path, command: str) -> dict:
             "max_r_hat": max(r["r_hat"] for r in rows), "min_ess_bulk": min(r["ess_bulk"] for r in rows)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def suite_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a script that writes suite files: POSTERIORDB, --out, --only, --commit."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("posteriordb", help="posteriordb checkout or bare git directory")
     parser.add_argument("--out", type=Path, default=ROOT / "posteriordb", help="suite folder (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="zoo names to regenerate (default: all)")
     parser.add_argument("--commit", help="posteriordb commit to record (default: git rev-parse HEAD)")
-    args = parser.parse_args(argv)
+    return parser
 
-    names = [e.name for e in SUITE]
-    unknown = sorted(set(args.only or ()) - set(names))
+
+def selected(parser: argparse.ArgumentParser, only: list[str] | None, suite: list[Entry]) -> list[Entry]:
+    """The entries ``--only`` names (every one by default); an unknown name is a usage error."""
+    names = [e.name for e in suite]
+    unknown = sorted(set(only or ()) - set(names))
     if unknown:
         parser.error(f"unknown names {unknown}; known: {names}")
+    return [e for e in suite if not only or e.name in only]
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that made a file, for its provenance."""
+    return " ".join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = suite_arguments(__doc__)
+    args = parser.parse_args(argv)
+    entries = selected(parser, args.only, SUITE)
     pdb = PosteriorDB(args.posteriordb, args.commit)
-    command = " ".join(["python", "benchmarks/posteriordb_references.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("posteriordb_references.py", argv)
     print(f"posteriordb {pdb.commit}")
     print("| name | posterior | scalars | N | max r_hat | min ess_bulk |")
     print("|---|---|---|---|---|---|")
-    for entry in SUITE:
-        if args.only and entry.name not in args.only:
-            continue
+    for entry in entries:
         r = build(pdb, entry, args.out, command)
         print(f"| {r['name']} | {r['posterior']} | {r['scalars']} | {r['N']} | {r['max_r_hat']:.4f} | "
               f"{r['min_ess_bulk']:.0f} |", flush=True)

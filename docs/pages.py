@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
+from benchmarks.posteriordb_suite import summary as posteriordb_summary  # noqa: E402
 from benchmarks.sbc_table import verdict_matrix  # noqa: E402
 from zoo import api, registry, scoring  # noqa: E402
 from zoo.cli import SHORT_COLUMNS, format_value, grouped_notes  # noqa: E402
@@ -29,6 +30,7 @@ from zoo.core.files import jsonable  # noqa: E402
 GALLERY_FILES = "gallery/files"  # relative to docs/: what docs/gallery.py writes (committed)
 PERF_JSON = ROOT / "benchmarks" / "results" / "perf.json"
 SBC_REPORT = ROOT / "benchmarks" / "results" / "sbc_report.jsonl"
+POSTERIORDB_JSON = ROOT / "benchmarks" / "results" / "posteriordb.json"
 
 
 NUMPYDOC_SECTIONS = {"Parameters", "Returns", "Yields", "Raises", "Attributes", "Other Parameters", "Warns"}
@@ -255,6 +257,20 @@ def benchmark_page() -> str:
     else:
         parts += [f"Missing: `{os.path.relpath(PERF_JSON, ROOT)}`. Write it with "
                   "`python benchmarks/perf.py --out benchmarks/results/perf.json`.", ""]
+    parts += ["## The posteriordb suite against its reference posteriors", ""]
+    if POSTERIORDB_JSON.exists():
+        suite = json.loads(POSTERIORDB_JSON.read_text())
+        parts += [f"`{suite.get('command')}` ({suite.get('date')}, seed {suite.get('seed')}, "
+                  f"{json.dumps(suite.get('versions'))}). Each cell: correct against the stored reference "
+                  "(every |z| < 0.25 or within 5 combined Monte Carlo standard errors, sd ratios 0.9-1.1), "
+                  "the largest |z|, the sd ratios, the seconds, and nuts's divergences and deepest tree or "
+                  "svi's steps (`cap`: stopped at the step cap, not converged).", "",
+                  markdown_table(posteriordb_summary(suite["models"])), ""]
+        left = [f"- `{m['name']}` {b}: {why}" for m in suite["models"] for b, why in m.get("left_out", {}).items()]
+        parts += (["Left out:", "", *left, ""] if left else [])
+    else:
+        parts += [f"Missing: `{os.path.relpath(POSTERIORDB_JSON, ROOT)}`. Write it with "
+                  "`python benchmarks/posteriordb_suite.py`.", ""]
     parts += ["## Simulation-based calibration of every model x back-end", ""]
     if SBC_REPORT.exists():
         rows = [json.loads(line) for line in SBC_REPORT.read_text().splitlines() if line.startswith("{")]

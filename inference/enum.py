@@ -9,8 +9,6 @@ ELBO is the exact log evidence and the assignments are exact posterior draws.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from pyro import poutine
@@ -71,20 +69,15 @@ def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps:
     if all(s.discrete for s in problem.sites.values()):
         return _only_discrete(problem, seed=seed, num_samples=num_samples, num_chains=num_chains,
                               temperature=temperature)
-    q, trace = svi.train(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr,
-                         lr_decay=lr_decay, num_particles=num_particles, progress=progress, converge=converge,
-                         checkpoint=checkpoint, checkpoint_every=checkpoint_every)
-    continuous = sample_vectorised(problem, q, num_chains * num_samples)
+    trained = svi.fit_guide(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr,
+                            lr_decay=lr_decay, num_particles=num_particles, progress=progress, converge=converge,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    continuous = sample_vectorised(problem, trained.guide, num_chains * num_samples)
     draws = {**continuous, **discrete_draws(problem, continuous, temperature)} if temperature == 0 \
         else complete_draws(problem, continuous)
-    diagnostics: dict[str, Any] = {"elbo_trace": trace, "steps": len(trace), "guide": guide,
-                                   "assignments": assignments}
-    if guide == "delta":
-        diagnostics["note"] = "MAP point estimate of the continuous sites: no ELBO"
-    else:
-        diagnostics["elbo"], diagnostics["iwae"], diagnostics["pareto_k"] = svi.elbo_estimate(problem, q, num_elbo_particles)
-    return Fit(posterior=to_chains(draws, num_chains), diagnostics=diagnostics,
-               kind="point" if guide == "delta" else "independent")
+    diagnostics = svi.training_diagnostics(problem, trained, guide, num_steps, num_elbo_particles)
+    return Fit(posterior=to_chains(draws, num_chains), diagnostics={**diagnostics, "assignments": assignments},
+               guide=trained.guide, kind="point" if guide == "delta" else "independent")
 
 
 BACKEND = Backend(

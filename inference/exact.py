@@ -22,10 +22,20 @@ def fit(problem: Problem, *, seed: int, num_samples: int, num_chains: int, progr
     )
 
 
+def applicable(problem: Problem) -> str | None:
+    """Why there is nothing to draw from: no closed form for these data, or a reference known
+    only by summaries of its draws (`zoo.core.spec.StoredReference`)."""
+    reason = problem.spec.exact_reason(problem.np_hyper, problem.np_data)
+    if reason is None and problem.exact().sample is None:
+        return (f"the reference posterior of {problem.name!r} is a stored {problem.exact().kind} summary (means, "
+                "sds and their MCSEs), not draws; the other back-ends are scored against it")
+    return reason
+
+
 BACKEND = Backend(
     name="exact",
     fit=fit,
     options={"num_samples": 1000, "num_chains": 4, "progress": None},
     summary="independent draws from the closed-form posterior (the yardstick)",
-    applicable=lambda problem: problem.spec.exact_reason(problem.np_hyper, problem.np_data),
+    applicable=applicable,
 )

@@ -164,6 +164,7 @@ def exact(data: dict, hyper: dict) -> ExactPosterior | None:
         log_evidence=None,
         extra={**{k: v for k, v in meta.items() if k not in ("mean", "sd")}, "reference": "mcmc"},
         kind="mcmc",
+        mcse_mean={k: np.asarray(meta["mcse_mean"][k], dtype=float) for k in draws},
     )
 
 

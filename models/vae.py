@@ -21,6 +21,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer.autoguide import AutoNormal
 from torch import nn
 from torch.distributions import constraints
 
@@ -224,46 +225,47 @@ def _is_example(x: np.ndarray) -> bool:
     return x.shape == (EXAMPLE_N, 64) and np.array_equal(x, digits()[0][:EXAMPLE_N])
 
 
-def fitted_guide(problem: Any) -> tuple[str, Callable | None]:
-    """The guide the last fit left in the param store, as x -> (loc, scale) of q(z | x).
+def fitted_guide(problem: Any, guide: Any) -> tuple[str, Callable | None]:
+    """The fitted guide as x -> (loc, scale) of q(z | x).
 
-    ``("amortised", encoder)`` after the amortised guide; ``("mean_field", fn)`` after an
-    AutoNormal guide (its per-point locs and scales, valid for the fitted data only);
-    ``("none", None)`` otherwise.
+    ``("amortised", encoder)`` after the amortised guide (the encoder's weights are Pyro's
+    ``vae_encoder`` module); ``("mean_field", fn)`` after an AutoNormal guide (its per-point
+    locs and scales, read from the guide object, valid for the fitted data only);
+    ``("none", None)`` for any other guide, or none (a back-end that fits no guide).
     """
-    store = pyro.get_param_store()
     P, d, hidden = problem.data["x"].shape[1], int(problem.hyper["d"]), int(problem.hyper["hidden"])
-    state = stored_state("vae_encoder")
+    if isinstance(guide, AutoNormal):
+        loc, scale = guide.locs.z.detach(), guide.scales.z.detach()
+        if loc.shape == (problem.data["x"].shape[0], d):
+            return "mean_field", lambda x: (loc, scale)
+        return "none", None
+    state = stored_state("vae_encoder") if guide is not None else None
     if state:
         try:
             enc = load_state(Encoder(P, d, hidden).to(DTYPE), state)
         except RuntimeError:  # weights of other sizes
             return "none", None
         return "amortised", enc
-    if "AutoNormal.locs.z" in store:
-        loc = store["AutoNormal.locs.z"].detach()
-        scale = store["AutoNormal.scales.z"].detach()
-        if loc.shape == (problem.data["x"].shape[0], d):
-            return "mean_field", lambda x: (loc, scale)
     return "none", None
 
 
-def diagnose(problem: Any, posterior: Mapping[str, np.ndarray], truth: Mapping | None = None) -> dict:
+def diagnose(problem: Any, posterior: Mapping[str, np.ndarray], truth: Mapping | None = None,
+             guide: Any = None) -> dict:
     """ELBO and IWAE bound per data point, the KL and reconstruction terms of eq 3.24, the
     amortisation gap, and the fitted networks' weights (for `plot`).
 
     Keys: ``elbo``, ``iwae`` (per data point, ``iwae_k`` = K samples), ``kl``,
     ``reconstruction``, ``amortisation_gap`` and ``approximation_gap`` (amortised guide only),
-    ``amortisation_batch`` (which points), ``networks``. Uses the weights the fit left in
-    Pyro's param store; fixed seeds make it repeatable.
+    ``amortisation_batch`` (which points), ``networks``. Uses the fitted ``guide`` (and the
+    networks' weights the fit left in Pyro's param store); fixed seeds make it repeatable.
     """
     x = problem.data["x"]
     kind_lik = problem.hyper["likelihood"]
     _N, P = x.shape
     d, hidden = int(problem.hyper["d"]), int(problem.hyper["hidden"])
-    kind, q = fitted_guide(problem)
+    kind, q = fitted_guide(problem, guide)
     if q is None:
-        return {"note": "no VAE guide in the param store: ELBO and IWAE bound not computed"}
+        return {"note": "no fitted VAE guide (amortised or mean-field): ELBO and IWAE bound not computed"}
     with torch.no_grad():
         net = decoder(P, d, hidden)
         loc, scale = q(x)

@@ -23,6 +23,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.infer.autoguide import AutoNormal
 from torch import nn
 from torch.distributions import constraints
 
@@ -245,22 +246,24 @@ def amortised_guide(problem: Any) -> Callable[..., None]:
     return guide
 
 
-def _posterior_draws(problem: Any, net: VRNNNet, k: int, g: torch.Generator) -> tuple[str, torch.Tensor, tuple | None]:
+def _posterior_draws(problem: Any, net: VRNNNet, guide: Any, k: int,
+                     g: torch.Generator) -> tuple[str, torch.Tensor, tuple | None]:
     """``k`` draws of z per sequence from the fitted guide: (kind, z (k*N, T, d), q params or
-    None for the encoder)."""
+    None for the encoder). An AutoNormal guide's locs and scales are read from the guide
+    object; any other guide is the amortised encoder (the ``vrnn`` module's weights)."""
     x = problem.data["x"]
     N = x.shape[0]
-    store = pyro.get_param_store()
     xk = x.expand((k,) + x.shape).reshape((-1,) + x.shape[1:])
-    if "AutoNormal.locs.z" in store and store["AutoNormal.locs.z"].shape == (N,) + x.shape[1:2] + (net.d,):
-        loc, scale = store["AutoNormal.locs.z"].detach(), store["AutoNormal.scales.z"].detach()
+    if isinstance(guide, AutoNormal) and guide.locs.z.shape == (N,) + x.shape[1:2] + (net.d,):
+        loc, scale = guide.locs.z.detach(), guide.scales.z.detach()
         loc, scale = (t.expand((k,) + t.shape).reshape(xk.shape[:2] + (net.d,)) for t in (loc, scale))
         return "mean_field", loc + scale * torch.randn(loc.shape, generator=g, dtype=DTYPE), (loc, scale)
     z, _ = net.generate(xk.shape[0], x.shape[1], x=xk, encoder=True, generator=g)
     return "amortised", z, None
 
 
-def diagnose(problem: Any, posterior: Mapping[str, np.ndarray], truth: Mapping | None = None) -> dict:
+def diagnose(problem: Any, posterior: Mapping[str, np.ndarray], truth: Mapping | None = None,
+             guide: Any = None) -> dict:
     """ELBO per step and KL per step (eq 6.10, averaged over sequences and guide draws), the
     ELBO and the IWAE bound per sequence (``iwae_k`` draws), and the fitted weights (for `plot`)."""
     x = problem.data["x"]
@@ -268,7 +271,7 @@ def diagnose(problem: Any, posterior: Mapping[str, np.ndarray], truth: Mapping |
     d, hidden = int(problem.hyper["d"]), int(problem.hyper["hidden"])
     with torch.no_grad():
         net = network(P, d, hidden)
-        kind, z, q = _posterior_draws(problem, net, IWAE_K, torch.Generator().manual_seed(0))
+        kind, z, q = _posterior_draws(problem, net, guide, IWAE_K, torch.Generator().manual_seed(0))
         xk = x.expand((IWAE_K,) + x.shape).reshape((-1, T, P))
         terms = {k: v.reshape(IWAE_K, N, T) for k, v in net.terms(xk, z, q).items()}
     log_w = (terms["log_pz"] + terms["log_px"] - terms["log_qz"]).sum(-1)

@@ -32,6 +32,9 @@ NAME = "logearn_interaction_z"
 POSTERIOR = "earnings-logearn_interaction_z"
 KIND = "linear regression"
 
+# mean-field sds down to 0.49 of the posterior's, full-rank 0.93-0.96 (both |z| near 0.05)
+SVI_OPTIONS = {"guide": "full_rank"}
+
 
 def model(height, male, earn=None):
     z = (height - height.mean()) / height.std()  # torch's std divides by N - 1, like Stan's sd

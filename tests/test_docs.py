@@ -5,6 +5,7 @@ need no Sphinx and check what the generated pages say.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -52,17 +53,34 @@ def test_gallery_page_renders_the_comparison_files(tmp_path):
 def test_benchmark_page_renders_what_is_present_and_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(pages, "PERF_JSON", tmp_path / "perf.json")
     monkeypatch.setattr(pages, "SBC_REPORT", tmp_path / "sbc_report.jsonl")
+    monkeypatch.setattr(pages, "POSTERIORDB_JSON", tmp_path / "posteriordb.json")
+    page = pages.benchmark_page()
+    assert page.count("Missing:") == 3
+    (tmp_path / "posteriordb.json").write_text(json.dumps({"command": "c", "date": "d", "seed": 0, "versions": {}, "models": [
+        {"name": "m", "kind": "k", "defaults": {"nuts": {"dense_mass": True}}, "left_out": {"hmc": "too slow: 300 s"},
+         "rows": [{"backend": "nuts", "max_abs_z": 0.1, "sd_ratio_min": 0.95, "sd_ratio_max": 1.05, "seconds": 12.0,
+                   "divergences": 0, "tree_depth_max": 3, "steps": None, "correct": True, "recommended": True, "note": ""},
+                  {"backend": "svi", "max_abs_z": 0.4, "sd_ratio_min": 0.5, "sd_ratio_max": 0.9, "seconds": 3.0,
+                   "divergences": None, "tree_depth_max": None, "steps": 5000, "converged": False, "correct": False,
+                   "recommended": False, "note": "not converged"},
+                  {"backend": "hmc", "max_abs_z": None, "note": "left out: too slow: 300 s"}]}]}))
     page = pages.benchmark_page()
     assert page.count("Missing:") == 2
+    assert ("| m | k | nuts: dense_mass=True | yes (\\|z\\| 0.10, sd 0.95-1.05, 12 s, 0 div, depth 3) | left out | "
+            "no (\\|z\\| 0.40, sd 0.50-0.90, 3 s, 5000 steps (cap)) | n/a | n/a | nuts |") in page, page
+    assert "- `m` hmc: too slow: 300 s" in page
+    (tmp_path / "posteriordb.json").unlink()
+    page = pages.benchmark_page()
+    assert page.count("Missing:") == 3
     (tmp_path / "sbc_report.jsonl").write_text(
         'some text\n{"model": "m", "backend": "nuts", "verdict": "passed", "min_p": 0.5, "simulations": 40}\n'
         '{"model": "m", "backend": "svi", "verdict": "FAILED", "min_p": 1e-05, "simulations": 40}\n')
     page = pages.benchmark_page()
-    assert page.count("Missing:") == 1 and "| m | pass | FAIL |" in page
+    assert page.count("Missing:") == 2 and "| m | pass | FAIL |" in page
     (tmp_path / "perf.json").write_text('{"settings": {"num_samples": 500}, "seed": 0, "machine": "x", '
                                         '"rows": [{"model": "m", "backend": "nuts", "ess_per_second": 12.5}], "peer": []}')
     page = pages.benchmark_page()
-    assert "Missing:" not in page and "| m | nuts | 12.5 |" in page
+    assert page.count("Missing:") == 1 and "| m | nuts | 12.5 |" in page
 
 
 def test_docstrings_are_plain_text_outside_literal_blocks():

@@ -4,7 +4,8 @@ facade on top that nothing below imports, no import loop, no private names acros
     zoo.core        imports nothing else of the zoo
     zoo.inference   imports zoo.core (and itself)
     zoo.models      imports zoo.core and zoo.inference (and itself)
-    the facade      (zoo.api, zoo.registry, zoo.results, ...) imports anything
+    the facade      (zoo.api, zoo.registry, zoo.results, ...) imports anything; the posteriordb
+                    suite (zoo.posteriordb) registers through it like a user
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # folder -> the package it installs as (pyproject.toml's package-dir)
-PACKAGES = {"zoo": "zoo", "zoo/core": "zoo.core", "models": "zoo.models", "inference": "zoo.inference"}
+PACKAGES = {"zoo": "zoo", "zoo/core": "zoo.core", "models": "zoo.models", "inference": "zoo.inference",
+            "posteriordb": "zoo.posteriordb"}
 LAYERS = {"zoo.core": 0, "zoo.inference": 1, "zoo.models": 2, "zoo": 3}
 MAY_IMPORT = {"zoo.core": {"zoo.core"}, "zoo.inference": {"zoo.core", "zoo.inference"},
               "zoo.models": {"zoo.core", "zoo.inference", "zoo.models"}}

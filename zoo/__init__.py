@@ -11,6 +11,7 @@ models (`zoo.models`) and the back-ends (`zoo.inference`); the facade (this pack
 modules) imports them all, and nothing below it imports the facade.
 """
 from zoo.api import (
+           catalogue,
            compare,
            get_model,
            list_backends,
@@ -24,9 +25,12 @@ from zoo.calibration import sbc
 from zoo.core.errors import InferenceError, ZooError
 from zoo.grids import grid
 from zoo.model_comparison import ModelComparison, compare_models
+from zoo.posteriordb import suite
 from zoo.results import Comparison, Result, load
 from zoo.sequential import sequential_update
 
-__all__ = ["Comparison", "InferenceError", "ModelComparison", "Result", "ZooError", "compare", "compare_models",
+suite.register_suite()  # lists the posteriordb suite; each model registers on its first use
+
+__all__ = ["Comparison", "InferenceError", "ModelComparison", "Result", "ZooError", "catalogue", "compare", "compare_models",
            "get_model", "grid", "list_backends", "list_models", "load", "register", "run", "sbc", "sequential_update",
            "simulate", "simulate_bandit"]

@@ -5,6 +5,7 @@ and packaging a back-end in `zoo.results`, scoring in `zoo.scoring`.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,16 +34,28 @@ from zoo.core.problem import (
     traceable,
     trace_model,
 )
-from zoo.core.spec import Backend, DataKey, ExactPosterior, ModelSpec, Reference
+from zoo.core.spec import Backend, Backends, DataKey, ExactPosterior, ModelSpec, Reference, StoredReference
 from zoo.inference.common import seed_all
 from zoo.results import Comparison, Result, execute, scored_sites
 
 EXACT_REFERENCE_DRAWS = 20000
 
 
-def list_models() -> list[str]:
-    """Names of every registered model."""
-    return list(registry.MODELS)
+def list_models(source: str | None = None) -> list[str]:
+    """Names of every registered model, or of those from one ``source``: ``"catalogue"``
+    (the study notes), ``"posteriordb"`` (the suite of published posteriors) or ``"user"``
+    (`register`)."""
+    if source is None:
+        return registry.names()
+    return [n for n in registry.names() if registry.describe(n)[0] == source]
+
+
+def catalogue() -> pd.DataFrame:
+    """Every model with where it comes from: columns ``name``, ``source`` (``catalogue``,
+    ``posteriordb``, ``user``), ``kind`` (``conjugate``, ``hierarchical``, ``logistic
+    regression``, ...) and ``description`` (one line)."""
+    return pd.DataFrame([dict(zip(("name", "source", "kind", "description"), (n, *registry.describe(n))))
+                         for n in registry.names()])
 
 
 def list_backends(name: str | None = None) -> dict[str, str]:
@@ -262,7 +275,8 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
     rows = [{"backend": k, "note": f"left out by default (name it to run it): {why}"} for k, why in skipped.items()]
     scalar_frames = []
     exact = problem.exact()
-    exact_draws = exact.sample(np.random.default_rng(seed + 1), EXACT_REFERENCE_DRAWS) if exact else None
+    exact_draws = exact.sample(np.random.default_rng(seed + 1), EXACT_REFERENCE_DRAWS) \
+        if exact is not None and exact.sample is not None else None
     notes = [spec.scoring.relabel_note] if spec.scoring.relabel_note else []
     for label, (b, opts, reason) in tqdm(checked.items(), desc=f"compare {name}", disable=not progress):
         if reason:
@@ -283,6 +297,9 @@ def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str,
 
 def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
              exact: Callable[[dict, dict], ExactPosterior] | None = None,
+             reference: StoredReference | None = None,
+             options: Mapping[str, Mapping[str, Any]] | None = None,
+             source: str = "user", kind: str = "", description: str = "",
              seed_section: str = "", overwrite: bool = False) -> ModelSpec:
     """Bring your own Pyro model: every generic back-end and diagnostic then works on it.
 
@@ -295,6 +312,13 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
         the model's default data. Keys that are observed sample sites are the observations;
         the others are covariates or sizes, kept when simulating.
     exact : optional exact posterior ``exact(data, hyper) -> ExactPosterior``.
+    reference : optional summaries of reference draws for ``data`` (a `StoredReference`,
+        e.g. posteriordb's): `compare` scores every back-end against them, on ``data`` only.
+    options : back-end option defaults that suit the model, ``{"nuts": {"target_accept":
+        0.95}}`` (the user's options still win).
+    source, kind, description : where the model comes from (``"user"``; the zoo's
+        posteriordb suite says ``"posteriordb"``), what sort of model it is and one line
+        about it, for `list_models` and `catalogue`.
 
     The model runs in float64 whatever it writes (``dist.Normal(0., 1.)`` is fine); plates are
     optional; ``pyro.deterministic`` sites join the posterior, ``pyro.factor`` terms the log
@@ -310,8 +334,10 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ZooError(f"model name must be an identifier, got {name!r}")
-    if registry.ships_with_zoo(name):
+    if registry.ships_with_zoo(name) and name in registry.names():
         raise ZooError(f"model {name!r} is a built-in model and cannot be replaced")
+    if exact is not None and reference is not None:
+        raise ZooError(f"model {name!r}: give an exact posterior or a stored reference, not both")
     if not callable(model):
         raise ZooError(f"model {name!r}: the model must be a callable Pyro model, got {model!r}")
     if not isinstance(data, Mapping):
@@ -336,9 +362,14 @@ def register(name: str, model: Callable[..., Any], data: Mapping[str, Any], *,
     spec = ModelSpec(
         name=name, model=model, data=keys, latent_sites=(), seed_section=seed_section, example=example,
         inputs=lambda rng, sizes, hyper: {k: v for k, v in example.items() if not keys[k].observed},
-        source="user", reference=Reference(exact=exact),
+        source=source, kind=kind, description=description, reference=Reference(exact=exact),
+        backends=Backends(options={k: dict(v) for k, v in (options or {}).items()}),
     )
-    prepare(spec, data, None)  # validates the example data and the model once more
+    problem = prepare(spec, data, None)  # validates the example data and the model once more
+    for label, opts in spec.backends.options.items():
+        check_options(problem, registry.get_backend(spec, label), opts)
+    if reference is not None:
+        spec = dataclasses.replace(spec, reference=reference.bind(problem.np_data, name))
     registry.add_model(spec, overwrite=overwrite)
     return spec
 

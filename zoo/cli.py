@@ -81,7 +81,8 @@ def _load_data(path: str | None) -> dict[str, Any] | None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the models, the back-ends that apply to each and their seed section")
+    sub.add_parser("list", help="list the models, the back-ends that apply to each, where each comes from "
+                                "and its seed section")
     flags = argparse.ArgumentParser(add_help=False)  # what every inference command takes
     flags.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
                        help="hyperparameter, VALUE in JSON (repeatable)")
@@ -281,7 +282,8 @@ def list_lines(width: int = LIST_WIDTH) -> list[str]:
                    for k, b in registry.backends_for(spec).items() if not registry.not_applicable(problem, b)]
         for i, line in enumerate(wrap_display(" ".join(applies), width - pad)):
             lines.append((name if i == 0 else "").ljust(pad) + line)
-        lines += [" " * (pad + 2) + line for line in wrap_display(spec.seed_section, width - pad - 2)]
+        lines += [" " * (pad + 2) + line
+                  for line in wrap_display(f"({spec.source}) {spec.seed_section}".strip(), width - pad - 2)]
     return lines
 
 
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             print("\n".join(list_lines()))
             print("\n* the model's default back-end (python -m zoo run NAME); each model's second line: "
-                  "its section of the notes")
+                  "where it comes from (catalogue, posteriordb, user) and its section of the notes")
             return 0
         if args.command == "bandit":
             return _bandit(args)

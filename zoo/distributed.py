@@ -7,11 +7,12 @@ the full-data loss::
 
     (1/R) sum_r [log p(theta) + R log p(x_r | theta) - log q(theta)] = log p(theta, x) - log q(theta)
 
-Gradients are averaged with ``all_reduce`` after every backward pass, and every process draws
-the same guide noise (same seed), so each step equals the one-process step on all the data
-up to floating-point summation order: R processes give the single-process answer, each doing
-1/R of the likelihood work. Starting values are `inference.common.optimiser_start` on all the
-data, identical everywhere.
+The training loop is ``svi``'s own (`zoo.inference.svi.fit_guide`), given the scaled shard
+as its model and an optimiser that averages every gradient with ``all_reduce`` before its
+step. Every process draws the same guide noise (same seed), so each step equals the
+one-process step on all the data up to floating-point summation order: R processes give the
+single-process answer, each doing 1/R of the likelihood work. Starting values are
+`inference.common.optimiser_start` on all the data, identical everywhere.
 
 Run it on one machine::
 
@@ -34,26 +35,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 import torch.distributed as dist
-from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide.initialization import init_to_value
-from pyro.optim import ClippedAdam
 from pyro.poutine.scale_messenger import ScaleMessenger
 
 from zoo import api, registry
-from zoo.core.errors import InferenceError, ZooError
+from zoo.core.errors import ZooError
 from zoo.core.problem import Problem, float64, prepare, trace_model
 from zoo.core.spec import Backend, Fit
 from zoo.inference import svi
-from zoo.inference.common import (
-    optimiser_start,
-    sample_vectorised,
-    seed_all,
-    single_thread,
-    to_chains,
-)
+from zoo.inference.common import sample_vectorised, seed_all, single_thread, to_chains
 from zoo.results import Result, execute
 
 
@@ -100,11 +91,23 @@ def _check(problem: Problem, plates: set[str], world: int) -> None:
         raise ZooError(f"model {problem.name!r}: {n} observations cannot be split over {world} processes")
 
 
+def _average(tensor: torch.Tensor) -> None:
+    """Replace ``tensor`` in place by its mean over the processes of the group."""
+    dist.all_reduce(tensor)
+    tensor /= dist.get_world_size()
+
+
 def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: Mapping[str, Any] | None = None,
                       seed: int = 0, guide: str = "mean_field", num_steps: int = 1000, lr: float = 0.05,
-                      lr_decay: float = 0.02, num_samples: int = 1000, num_chains: int = 4) -> Result:
+                      lr_decay: float = 0.02, num_samples: int = 1000, num_chains: int = 4,
+                      converge: bool = False) -> Result:
     """SVI on ``name`` with the data split over the processes of the current process group.
 
+    The training is `zoo.inference.svi.fit_guide` itself, given this process's shard of the
+    data (its likelihood scaled by the number of processes) as the model and the mean over
+    processes (``all_reduce``) for every gradient and loss. ``converge=False`` (default) runs
+    exactly ``num_steps`` steps; ``converge=True`` the convergence rule of ``svi``, whose
+    decisions agree on every process because every process sees the same averaged numbers.
     Without an initialised process group this is plain one-process SVI with the same steps,
     the reference the distributed run reproduces. Every process returns the same `Result`.
     """
@@ -123,33 +126,15 @@ def fit_data_parallel(name: str, data: Mapping[str, Any] | None = None, hyper: M
 
     start = time.perf_counter()
     with single_thread(), float64():
-        seed_all(seed)
-        pyro.clear_param_store()
-        q = svi.GUIDES[guide](model, init_loc_fn=init_to_value(values=optimiser_start(full, seed)))
-        optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps)})
-        elbo = Trace_ELBO(max_plate_nesting=full.max_plate_nesting)
-        trace = []
-        for step in range(num_steps):
-            with pyro.poutine.trace(param_only=True) as pt:
-                loss = elbo.loss_and_grads(model, q)
-            params = [pt.trace.nodes[k]["value"].unconstrained() for k in sorted(pt.trace.nodes)]
-            loss_t = torch.tensor([loss], dtype=torch.float64)
-            if world > 1:
-                for p in params:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
-                dist.all_reduce(loss_t)
-            optim(params)
-            pyro.infer.util.zero_grads(params)
-            total = float(loss_t) / world
-            if not np.isfinite(total):
-                raise InferenceError(f"model {name!r}, data-parallel svi: the ELBO became {-total} at step {step}")
-            trace.append(-total)
+        trained = svi.fit_guide(full, guide=guide, seed=seed, num_steps=num_steps, lr=lr, lr_decay=lr_decay,
+                                num_particles=1, progress=False, converge=converge, model=model,
+                                average=_average if world > 1 else None)
         seed_all(seed + 1)
-        draws = sample_vectorised(full, q, num_chains * num_samples)
+        draws = sample_vectorised(full, trained.guide, num_chains * num_samples)
     seconds = time.perf_counter() - start
     fit = Fit(posterior=to_chains(draws, num_chains),
-              diagnostics={"elbo_trace": trace, "steps": num_steps, "guide": guide, "processes": world,
+              diagnostics={"elbo_trace": trained.trace, "steps": len(trained.trace), "guide": guide,
+                           "converged": trained.converged, "processes": world,
                            "note": f"data-parallel SVI over {world} process(es)"}, kind="independent")
     backend = Backend(name="svi", fit=lambda problem, seed: fit, options={})
     result = execute(full, backend, {}, seed, f"svi (data-parallel x{world})")
@@ -166,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--converge", action="store_true",
+                        help="stop by svi's convergence rule (num-steps is then a cap)")
     parser.add_argument("--out", help="netCDF file rank 0 writes the result to")
     args = parser.parse_args(argv)
     if "RANK" in os.environ:  # launched by torchrun
         dist.init_process_group("gloo")
     try:
         result = fit_data_parallel(args.model, seed=args.seed, guide=args.guide, num_steps=args.num_steps,
-                                   lr=args.lr, num_samples=args.num_samples)
+                                   lr=args.lr, num_samples=args.num_samples, converge=args.converge)
         if _world()[0] == 0:
             if args.out:
                 result.save(args.out)

@@ -6,6 +6,7 @@ draws or the weight ESS for independent or resampled draws, nothing for a point 
 """
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Mapping
@@ -343,8 +344,7 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
         fit = backend.fit(problem, seed=seed, **options)
         seconds = time.perf_counter() - start
         posterior = spec.scoring.relabel(fit.posterior) if spec.scoring.relabel and fit.posterior else fit.posterior
-        scores = dict(spec.scoring.diagnose(problem, posterior, dict(truth) if truth else None)) \
-            if spec.scoring.diagnose else {}
+        scores = own_scores(problem, posterior, truth, fit.guide)
         idata = packaging.package(problem, fit, posterior, label, seed)
     sites = scored_sites(problem) if posterior else []
     local = [k for k in problem.sites if k not in spec.latent_sites and not problem.sites[k].discrete]
@@ -366,6 +366,17 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
                   {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()},
                   scores={k: v for k, v in scores.items() if _is_scalar(v)}, kind=fit.kind, sites=sites)
 
+
+
+def own_scores(problem: Problem, posterior: dict[str, np.ndarray], truth: Mapping[str, Any] | None,
+               guide: Any) -> dict[str, Any]:
+    """The model's own scores (`Scoring.diagnose`) of a run's draws; a ``diagnose`` that takes
+    a keyword ``guide`` is given the run's fitted guide (None without one)."""
+    diagnose = problem.spec.scoring.diagnose
+    if diagnose is None:
+        return {}
+    extra = {"guide": guide} if "guide" in inspect.signature(diagnose).parameters else {}
+    return dict(diagnose(problem, posterior, dict(truth) if truth else None, **extra))
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, np.number)) and np.ndim(value) == 0

@@ -5,9 +5,12 @@ A model module in `models/` builds one `ModelSpec` named `SPEC`; the registry in
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,25 +62,109 @@ class Hyper:
 class ExactPosterior:
     """A closed-form posterior: per-site mean and sd, joint draws, and the log evidence.
 
-    ``sample(rng, n)`` returns a dict of arrays with a leading draw dimension of length ``n``.
-    ``log_prob(values)`` is the posterior log density at one point (a dict of site arrays).
-    ``extra`` holds model-specific closed-form quantities (posterior parameters, predictive).
+    ``sample(rng, n)`` returns a dict of arrays with a leading draw dimension of length ``n``
+    (None for a reference known only by its summaries: then no distance to its draws is
+    computed). ``log_prob(values)`` is the posterior log density at one point (a dict of site
+    arrays). ``extra`` holds model-specific closed-form quantities (posterior parameters,
+    predictive). ``mcse_mean``: per site, the Monte Carlo standard error of ``mean`` for a
+    reference made by sampling (None for a closed form); scoring allows for it.
     """
 
     mean: dict[str, np.ndarray]
     sd: dict[str, np.ndarray]
-    sample: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
+    sample: Callable[[np.random.Generator, int], dict[str, np.ndarray]] | None
     log_prob: Callable[[dict[str, np.ndarray]], float]
     log_evidence: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     kind: str = "closed_form"
-    """``"closed_form"``, or ``"mcmc"`` for a stored reference from a long sampler run (its
-    ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE)."""
+    """``"closed_form"``; ``"mcmc"`` for a stored reference from a long sampler run (its
+    ``log_prob`` is not available; the accuracy yardsticks still apply, within its MCSE);
+    for a `StoredReference`, who made it (``"posteriordb"``, ``"numpyro"``)."""
+    mcse_mean: dict[str, np.ndarray] | None = None
+    """Monte Carlo standard errors of a sampled reference's means, per site (None: exact)."""
     marginal: Callable[[str, tuple[int, ...]], Any] | None = None
     """``marginal(site, index)``: the exact marginal posterior of one latent scalar as a frozen
     one-dimensional ``scipy.stats`` distribution (its ``pdf`` is drawn in density plots), or
     None where the model has no closed form for it (plots then show a density estimate of
     exact draws)."""
+
+
+def first_paragraph(doc: str) -> str:
+    """The first paragraph of a docstring, as one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def data_fingerprint(data: Mapping[str, Any]) -> str:
+    """SHA-256 of a data set: every key's name, dtype, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for k in sorted(data):
+        a = np.ascontiguousarray(np.asarray(data[k]))
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _no_density(values: dict[str, np.ndarray]) -> float:
+    raise NotImplementedError("a stored reference is known by summaries of its draws, not by its density")
+
+
+class StoredReference:
+    """A posterior known by summaries of reference draws for one data set: posteriordb's
+    reference draws (long Stan runs), or a peer library's long run.
+
+    Parameters
+    ----------
+    path : a JSON file (or ``load() -> dict``) with a list ``scalars`` of per-scalar
+        summaries ``{"site", "index", "mean", "sd", "mcse_mean", ...}`` covering every
+        latent site, and the provenance beside it (the format of the files in
+        ``posteriordb/reference/``); read once, when first needed.
+    kind : who made it, for the comparison table (``"posteriordb"``); a ``"reference"``
+        field in the file overrides it (``"numpyro"``).
+
+    `zoo.register` binds it to the model's example data: it is the reference for that data
+    set only (`data_fingerprint`), and none for any other.
+    """
+
+    def __init__(self, path: str | Path | Callable[[], Mapping[str, Any]], kind: str = "mcmc") -> None:
+        self.path, self.kind = path, kind
+        self._summary: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The file's contents, read on the first call."""
+        if self._summary is None:
+            self._summary = dict(self.path() if callable(self.path) else json.loads(Path(self.path).read_text()))
+        return self._summary
+
+    def posterior(self) -> ExactPosterior:
+        """The summaries as an `ExactPosterior`: means, sds and MCSEs per site; no draws and
+        no density."""
+        rows = self.summary()["scalars"]
+        shapes: dict[str, tuple[int, ...]] = {}
+        for r in rows:
+            idx = tuple(r["index"])
+            shapes[r["site"]] = tuple(max(a, i + 1) for a, i in zip(shapes.get(r["site"], (0,) * len(idx)), idx))
+        arrays = {key: {site: np.full(shape, np.nan) for site, shape in shapes.items()}
+                  for key in ("mean", "sd", "mcse_mean")}
+        for r in rows:
+            for key, values in arrays.items():
+                values[r["site"]][tuple(r["index"])] = r[key]
+        provenance = {k: v for k, v in self.summary().items() if k != "scalars"}
+        return ExactPosterior(mean=arrays["mean"], sd=arrays["sd"], sample=None, log_prob=_no_density,
+                              extra=provenance, kind=self.summary().get("reference") or self.kind,
+                              mcse_mean=arrays["mcse_mean"])
+
+    def bind(self, data: Mapping[str, Any], name: str) -> Reference:
+        """The model's `Reference`: this one for ``data`` (numpy arrays as validated), none
+        for other data."""
+        fingerprint = data_fingerprint(data)
+
+        def unavailable(hyper: Mapping[str, Any], other: Mapping[str, Any] | None = None) -> str | None:
+            if other is None or data_fingerprint(other) == fingerprint:
+                return None
+            return (f"model {name!r}: its stored reference posterior belongs to its own data set "
+                    "(zoo.get_model(name).example); these data differ")
+
+        return Reference(exact=lambda data, hyper: self.posterior(), unavailable=unavailable)
 
 
 @dataclass(frozen=True)
@@ -109,7 +196,9 @@ class Scoring:
     diagnose : ``diagnose(problem, posterior, truth) -> dict``: model-specific scores computed
         after every back-end run from its draws (site to (chain, draw, ...) arrays) and the
         simulated truth (or None): peer scores, clustering quality, occupied clusters. Every
-        entry goes into ``Result.diagnostics``; plain scalars also become table columns.
+        entry goes into ``Result.diagnostics``; plain scalars also become table columns. A
+        ``diagnose`` with a keyword ``guide`` is also given the fitted guide (`Fit.guide`:
+        None after a back-end without one).
     relabel : ``relabel(posterior) -> posterior``: undoes label switching in every back-end's
         draws before anything is measured; ``relabel_note`` says how, in the table.
     local_rows : keep only the first ``local_rows`` rows of each local latent site (those not
@@ -182,6 +271,9 @@ class ModelSpec:
     example : default data (a registered model's example); None to simulate it.
     source : where the model comes from: ``"catalogue"`` (the study notes), ``"posteriordb"``
         or ``"user"`` (`zoo.register`).
+    kind : a short label of what sort of model it is (``"logistic regression"``); the
+        catalogue's models are labelled by their section of CONCEPTS.md in `zoo.catalogue`.
+    description : one line saying what it is (default: the first paragraph of ``doc``).
     dims : names of the dimensions of latent and deterministic sites, in the InferenceData
         (``{"locs": ("component", "D")}``); a data key's dimensions are named by its
         `DataKey.dims`. Dimensions left unnamed take the name of the plate they sit in, else
@@ -200,6 +292,8 @@ class ModelSpec:
     check: Callable[[dict, dict], None] | None = None
     example: Mapping[str, Any] | None = None
     source: str = "catalogue"
+    kind: str = ""
+    description: str = ""
     dims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     reference: Reference = field(default_factory=Reference)
     scoring: Scoring = field(default_factory=Scoring)
@@ -237,14 +331,16 @@ class Fit:
     ``posterior`` maps each latent site to an array shaped ``(chain, draw, *site_shape)``;
     ``sample_stats`` maps names to ``(chain, draw)`` arrays (``diverging``, ``energy``, ``lp``);
     ``diagnostics`` holds scalars and traces (``elbo``, ``elbo_trace``, ``log_evidence``,
-    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``). ``kind`` says what the draws
-    are (`DRAW_KINDS`): the chains of ``mcmc`` are kept; the draws of the other kinds are
-    packed as one chain.
+    ``weight_ess``, ``pareto_k``, ``divergences``, ``steps``). ``guide`` is the fitted
+    guide of a variational back-end (``svi``, ``enum``), for the model's own scores; it is
+    not saved. ``kind`` says what the draws are (`DRAW_KINDS`): the chains of ``mcmc`` are
+    kept; the draws of the other kinds are packed as one chain.
     """
 
     posterior: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    guide: Any = None
     kind: str = "mcmc"
 
     def __post_init__(self) -> None:

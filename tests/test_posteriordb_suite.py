@@ -1,0 +1,87 @@
+"""The posteriordb suite in the zoo: registered through zoo.register like a user's model,
+listed by where it comes from, and scored against its stored reference.
+
+Stored references are summaries of reference draws (posteriordb's long Stan runs, or
+NumPyro's for the two posteriors posteriordb has none for), so a back-end is scored by |z|
+and sd ratio against them, allowing for the reference's own Monte Carlo error (Inference
+Gym's 5 sqrt(SE^2 + SE_ref^2)), and with no Wasserstein distance (no draws to measure it by).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+from scipy import stats
+
+import zoo
+from zoo import registry
+from zoo.core.spec import StoredReference
+from zoo.posteriordb import MODULES, suite
+
+
+def test_every_suite_model_is_listed_by_source_without_being_registered_yet():
+    catalogue = [m.SPEC.name for m in registry.MODULES]
+    assert zoo.list_models(source="posteriordb") == MODULES
+    assert zoo.list_models(source="catalogue") == catalogue
+    assert set(zoo.list_models()) == set(MODULES) | set(catalogue) | set(zoo.list_models(source="user"))
+    table = zoo.catalogue().set_index("name")
+    assert list(table.columns) == ["source", "kind", "description"]
+    assert table.loc["wells_dist", "kind"] == "logistic regression"
+    assert table.loc["beta_bernoulli", ["source", "kind"]].tolist() == ["catalogue", "conjugate"]
+    assert all(registry.ships_with_zoo(n) for n in MODULES)
+
+
+def test_a_suite_model_registers_through_zoo_register_on_first_use():
+    spec = zoo.get_model("kilpisjarvi")
+    assert spec.source == "posteriordb" and spec.kind == suite.SUITE["kilpisjarvi"].KIND
+    assert spec.backends.options["nuts"] == {"dense_mass": True}  # its geometry's defaults
+    assert set(spec.example) == set(suite.SUITE["kilpisjarvi"].data())
+    with pytest.raises(zoo.ZooError, match="built-in model"):
+        zoo.register("kilpisjarvi", suite.SUITE["kilpisjarvi"].model, suite.SUITE["kilpisjarvi"].data())
+
+
+def test_the_stored_reference_belongs_to_the_shipped_data_only():
+    data = suite.SUITE["wells_dist"].data()
+    exact = zoo.compare("wells_dist", backends=["svi"], num_steps=100, num_samples=20).exact
+    assert exact is not None and exact.kind == "numpyro" and exact.sample is None
+    data["switched"] = data["switched"][::-1].copy()
+    cmp = zoo.compare("wells_dist", backends=["svi"], data=data, num_steps=100, num_samples=20)
+    assert cmp.exact is None and "max_abs_z" not in cmp.table
+
+
+def normal_mean(x=None):
+    mu = pyro.sample("mu", dist.Normal(0., 1.))
+    with pyro.plate("data", 10):
+        pyro.sample("x", dist.Normal(mu, 1.), obs=x)
+
+
+@pytest.mark.parametrize("mcse_ref, passes", [(0.1, True), (0.001, False)])
+def test_the_reference_mcse_is_allowed_for(mcse_ref, passes):
+    """A user's model with a stored reference 0.3 posterior sd off the exact posterior
+    (N(sum x / 11, 1 / 11)): with a reference MCSE of 0.1 sd the difference is within its
+    Monte Carlo noise and SVI passes; with 0.001 sd it is not, and SVI fails the 0.25 gate."""
+    x = np.random.default_rng(0).normal(1.0, 1.0, 10)
+    post = stats.norm(x.sum() / 11, math.sqrt(1 / 11))
+    row = {"site": "mu", "index": [], "mean": post.mean() + 0.3 * post.std(), "sd": post.std(),
+           "mcse_mean": mcse_ref * post.std()}
+    name = f"normal_mean_reference_{str(mcse_ref).replace('.', '_')}"
+    zoo.register(name, normal_mean, {"x": x}, reference=StoredReference(lambda: {"scalars": [row]}, kind="test"),
+                 overwrite=True)
+    cmp = zoo.compare(name, backends=["svi"])
+    scores = cmp.scalars.set_index("name").loc["mu"]
+    assert abs(scores["z"] + 0.3) < 0.1  # svi sits on the exact posterior
+    assert bool(cmp.table.set_index("backend").loc["svi", "correct"]) is passes
+    assert math.isnan(scores["w1"]) and "stored test reference" in cmp.table["note"].iloc[0]
+
+
+@pytest.mark.slow  # 4 x (500 + 500) NUTS draws
+def test_nuts_is_correct_against_the_stored_reference():
+    """A fast suite model: a hierarchical model with a deterministic site, against posteriordb's
+    Stan reference (the whole suite runs in benchmarks/posteriordb_suite.py)."""
+    cmp = zoo.compare("eight_schools_noncentered", backends=["nuts"], num_samples=500, num_warmup=500)
+    row = cmp.table.set_index("backend").loc["nuts"]
+    assert row["ess_bulk_min"] >= 400 and row["r_hat_max"] < 1.01 and row["divergences"] == 0
+    assert bool(row["correct"]), cmp.scalars[["name", "z", "sd_ratio"]]
