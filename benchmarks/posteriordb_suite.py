@@ -67,26 +67,12 @@ from zoo.inference import svi
 from zoo.posteriordb import POSTERIORDB_COMMIT
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCHED_INDEXING = ("the batched sampler before the engine merge raises IndexError on `beta[1]` (a vector "
-                    "site indexed by position under its padded plate of chains): re-run after the engine merge "
-                    "(or with --options '{\"nuts\": {\"sampler\": \"pyro\"}}')")
 LEFT_OUT: dict[str, dict[str, str]] = {
-    "kidscore_interaction": dict.fromkeys(("nuts", "hmc"), BATCHED_INDEXING),
-    "arK": dict.fromkeys(("nuts", "hmc"), "the batched sampler before the engine merge is wrong on it: every one of "
-                         "the 2000 draws divergent, |z| 78 (2026-11-29): re-run after the engine merge"),
-    "arma11": dict.fromkeys(("nuts", "hmc"), "the batched sampler before the engine merge is wrong on it: nuts |z| "
-                            "0.82 and an sd 34 times the reference's with r_hat 1.006 (hmc alike), where svi and "
-                            "importance agree with the reference; and nuts took 358 s, load 4 (2026-11-29)"),
-    "garch11": dict.fromkeys(("nuts", "hmc"), BATCHED_INDEXING),
+    # runs over 2 minutes on the 2-core machine (4 x (1000 + 1000), load about 2)
+    "arma11": dict.fromkeys(("nuts", "hmc"), "takes over 2 min: nuts had not finished 4 x (1000 + 1000) after 17 min "
+                            "(stopped), load about 2 (2026-11-29, merged engine)"),
     "kilpisjarvi": dict.fromkeys(("nuts", "hmc"), "takes over 2 min: nuts with its dense metric had not finished "
                                  "4 x (1000 + 1000) after 12 min (stopped), load 2.8 (2026-11-29)"),
-    "logearn_interaction_z": dict.fromkeys(("nuts", "hmc"), BATCHED_INDEXING),
-    # the batched sampler of this branch evaluates `X @ beta` wrongly over its chains (every draw
-    # divergent, r_hat 6e15, 2026-11-29); the engine branch fixes it: re-run after its merge
-    "sblrc_blr": dict.fromkeys(("nuts", "hmc"), "the batched sampler before the engine merge is wrong on "
-                               "`X @ beta` (all 2000 draws divergent, r_hat 6e15): re-run after the engine merge "
-                               "(or with --options '{\"nuts\": {\"sampler\": \"pyro\"}}')"),
-    # runs over 2 minutes on the 2-core machine (4 x (1000 + 1000), load about 2)
     "gp_regr": {"nuts": "takes over 2 min: 291 s (hmc 182 s), 4 x (1000 + 1000), load 2.3 (both correct: "
                         "|z| 0.015 and 0.047)", "hmc": "takes over 2 min: 182 s, 4 x (1000 + 1000), load 2.3"},
     "gp_pois_regr": dict.fromkeys(("nuts", "hmc"), "takes over 2 min: nuts 401 s with a diagonal metric, 124 s "
