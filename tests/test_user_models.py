@@ -298,7 +298,7 @@ def test_user_model_matches_its_reference(name, backend):
 
 
 def test_pyros_kernel_is_right_on_a_model_that_does_not_broadcast():
-    """What the README tells users to do until the batched sampler checks itself."""
+    """Pyro's own kernel (sampler="pyro", the fallback of the batched sampler) on a model written for one draw."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = zoo.run("user_linear", "nuts", sampler="pyro", seed=0, **OPTIONS["nuts"])
