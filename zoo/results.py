@@ -367,7 +367,6 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
                   scores={k: v for k, v in scores.items() if _is_scalar(v)}, kind=fit.kind, sites=sites)
 
 
-
 def own_scores(problem: Problem, posterior: dict[str, np.ndarray], truth: Mapping[str, Any] | None,
                guide: Any) -> dict[str, Any]:
     """The model's own scores (`Scoring.diagnose`) of a run's draws; a ``diagnose`` that takes
@@ -377,6 +376,7 @@ def own_scores(problem: Problem, posterior: dict[str, np.ndarray], truth: Mappin
         return {}
     extra = {"guide": guide} if "guide" in inspect.signature(diagnose).parameters else {}
     return dict(diagnose(problem, posterior, dict(truth) if truth else None, **extra))
+
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, np.number)) and np.ndim(value) == 0
