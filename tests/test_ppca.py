@@ -198,6 +198,7 @@ def test_mppca_em_recovers_separated_clusters():
     assert adjusted_rand_score(truth["component"], comp[0, 0]) > 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["svi", "enum"])
 def test_mppca_svi_and_enum_start_from_em_and_keep_the_components_apart(backend):
     """At the defaults (N=200, K=2): from the best of 200 prior draws both merged the two

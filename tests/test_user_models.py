@@ -306,6 +306,7 @@ def test_pyros_kernel_is_right_on_a_model_that_does_not_broadcast():
     _check_against(res, CASES["user_linear"][2], spread=True)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs():
     """The README's "Bring your own model" code, as written there."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -40,6 +40,7 @@ def test_cavi_is_the_closed_form_mean_field_optimum():
     assert gap == pytest.approx(exact.log_evidence - q["elbo_trace"][-1], abs=1e-9) and gap > 0
 
 
+@pytest.mark.slow
 def test_mean_field_on_correlated_regression_has_the_conditional_sds():
     """Notebook 01: on a Gaussian posterior N(m, S) with precision L, mean-field SVI's sds are
     1 / sqrt(L_jj), its ELBO gap KL = 0.5 log(prod L_jj det S); a full-rank guide is exact."""
