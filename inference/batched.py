@@ -345,7 +345,7 @@ def compile_step(algorithm: Algorithm, pot: Potential, s: dict[str, torch.Tensor
 
     example = tuple(v.clone() for v in tuple(s.values()) + tune)  # distinct objects: a tracer merges aliases
     graphs = compiled.checked(flat, [example], tol=1e-12)
-    return graphs and graphs[0]
+    return None if graphs is None else graphs[0]
 
 
 def sample(pot: Potential, init: torch.Tensor, algorithm: Algorithm, *, seed: int, num_warmup: int,
