@@ -86,7 +86,7 @@ import zoo  # noqa: E402
 from benchmarks.backends import _jsonable  # noqa: E402
 from zoo import registry  # noqa: E402
 from zoo.core.problem import prepare  # noqa: E402
-from zoo.inference import batched  # noqa: E402
+from zoo.inference import batched, compiled, potential  # noqa: E402
 
 MODELS = ["eight_schools", "user_logistic_regression", "logistic_regression", "normal_gamma"]
 BACKENDS = ["nuts", "svi"]
@@ -243,21 +243,21 @@ def load() -> float:
 def apply_lever(lever: str) -> None:
     """Change the batched sampler in this process as the lever says (see ``LEVERS``)."""
     if lever in ("plate", "vmap"):
-        batched.PATHS = (lever,)
+        potential.PATHS = (lever,)
     elif lever == "eager_step":
         batched.compile_step = lambda *args, **kwargs: None
     elif lever == "torchscript":
-        batched.STATIC_RUNTIME = False
+        compiled.STATIC_RUNTIME = False
     elif lever == "inductor":
         from torch.fx.experimental.proxy_tensor import make_fx
 
         def inductor(fn, example):
-            fx = batched.simplify(make_fx(fn)(*example))
+            fx = compiled.simplify(make_fx(fn)(*example))
             graph = torch.compile(fx, backend="inductor", dynamic=False)
             graph(*example)  # compile now, inside the timed run
             return graph, fx
 
-        batched.compile_graph = inductor
+        compiled.compile_graph = inductor
 
 
 def gate_passes(row: dict[str, Any], backend: str) -> bool:

@@ -3,7 +3,7 @@
 Two samplers run them (option ``sampler``): ``batched`` (`inference.batched`: every chain in
 one compiled torch computation, several times faster than Pyro's kernels on small models) and
 ``pyro`` (Pyro's own NUTS/HMC kernels, one chain at a time). ``auto`` (default) takes
-``batched`` where its potential equals Pyro's at every chain's start (`batched.build`) and
+``batched`` where its potential equals Pyro's at every chain's start (`potential.build`) and
 Pyro's kernel otherwise: the reason is in ``diagnostics["fallback"]``, and a warning says it
 where the model's own code stood in the way (not for discrete sites, which Pyro's kernel is
 there to sum out, nor for a checkpoint directory). ``diagnostics["potential"]`` names the path
@@ -42,7 +42,7 @@ from zoo.core.errors import ZooError
 from zoo.core.files import atomic_write
 from zoo.core.problem import Problem
 from zoo.core.spec import Backend, Fit
-from zoo.inference import batched
+from zoo.inference import batched, potential
 from zoo.inference.common import (
     chain_seeds,
     complete_draws,
@@ -168,10 +168,6 @@ def _pyro_kernel(algo: str, model, *, target_accept: float, dense_mass: bool, ji
     return FixedStepsHMC(model, num_steps=num_leapfrog, **common)
 
 
-def _algorithm(algo: str, max_tree_depth: int = 10, num_leapfrog: int = 10) -> batched.Algorithm:
-    return batched.nuts(max_tree_depth) if algo == "nuts" else batched.hmc(num_leapfrog)
-
-
 def fit(algo: str, problem: Problem, *, seed: int, num_samples: int, num_warmup: int, num_chains: int,
         target_accept: float, sampler: str, dense_mass: bool, jit: bool, checkpoint: str, progress: bool | None,
         **tree: int) -> Fit:
@@ -186,7 +182,7 @@ def fit(algo: str, problem: Problem, *, seed: int, num_samples: int, num_warmup:
             reason = f"discrete latent sites ({', '.join(problem.discrete_sites)}) are summed out by Pyro's kernel"
         else:
             starts = [init_values(problem, s) for s in seeds]
-            pot = batched.build(problem, {k: torch.stack([st[k] for st in starts]) for k in starts[0]})
+            pot = potential.build(problem, {k: torch.stack([st[k] for st in starts]) for k in starts[0]})
             if isinstance(pot, str):
                 reason = pot
                 if sampler == "auto":
@@ -204,11 +200,11 @@ def fit(algo: str, problem: Problem, *, seed: int, num_samples: int, num_warmup:
         if reason is not None:
             out.diagnostics["fallback"] = reason
         return out
-    return run_batched(problem, pot, _algorithm(algo, **tree), starts, seed=seeds[0], num_samples=num_samples,
+    return run_batched(problem, pot, batched.SAMPLERS[algo](**tree), starts, seed=seeds[0], num_samples=num_samples,
                        num_warmup=num_warmup, target_accept=target_accept, dense_mass=dense_mass, progress=progress)
 
 
-def run_batched(problem: Problem, pot: batched.Potential, algorithm: batched.Algorithm,
+def run_batched(problem: Problem, pot: potential.Potential, algorithm: batched.Algorithm,
                 starts: list[dict[str, torch.Tensor]], *, seed: int, num_samples: int, num_warmup: int,
                 target_accept: float, dense_mass: bool, progress: bool | None) -> Fit:
     """All chains as one batch (`inference.batched.sample`) from their ``starts``."""
@@ -222,17 +218,19 @@ def run_batched(problem: Problem, pot: batched.Potential, algorithm: batched.Alg
         warnings.warn(f"model {problem.name!r}: {note}; returning the draws made so far", RuntimeWarning,
                       stacklevel=3)
     notes = run.notes
-    return Fit(
-        posterior=run.draws,
-        sample_stats=run.stats,
-        diagnostics={"divergences": int(run.stats["diverging"].sum()),
-                     "acceptance_rate": [float(a) for a in run.stats["acceptance_rate"].mean(1)],
-                     "step_size": [float(e) for e in run.step_size],
-                     "gradient_evaluations": run.gradient_evaluations, "sampler": "batched",
-                     "potential": pot.path, "potential_ms": notes["potential_ms"],
-                     "refused_paths": notes["refused"], "compile_seconds": notes.get("compile_seconds", 0.0)
-                     + notes["step_compile_seconds"], "uncompiled": notes.get("uncompiled", ""), "chains": note},
-    )
+    return mcmc_fit(run.draws, run.stats, gradient_evaluations=run.gradient_evaluations, sampler="batched",
+                    potential=pot.path, potential_ms=notes["potential_ms"], refused_paths=notes["refused"],
+                    compile_seconds=notes.get("compile_seconds", 0.0) + notes["step_compile_seconds"],
+                    uncompiled=notes["uncompiled"], chains=note)
+
+
+def mcmc_fit(posterior: dict[str, np.ndarray], stats: dict[str, np.ndarray], **diagnostics: Any) -> Fit:
+    """A `Fit` of (chain, draw) draws and statistics (`STATS`), with the diagnostics every MCMC
+    run reports (divergences, each chain's mean acceptance rate and final step size) and ``diagnostics``."""
+    return Fit(posterior=posterior, sample_stats={k: stats[k] for k in STATS},
+               diagnostics={"divergences": int(stats["diverging"].sum()),
+                            "acceptance_rate": [float(a) for a in stats["acceptance_rate"].mean(1)],
+                            "step_size": [float(e) for e in stats["step_size"][:, -1]], **diagnostics})
 
 
 def _one_chain(problem: Problem, model, make_kernel, start: dict[str, torch.Tensor], chain_seed: int,
@@ -292,15 +290,8 @@ def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, nu
     if interrupted:
         note = f"interrupted: {len(chains)} of {num_chains} chains finished (Ctrl-C)"
         warnings.warn(f"model {problem.name!r}: {note}; returning the finished chains", RuntimeWarning, stacklevel=3)
-    return Fit(
-        posterior=to_chains(complete_draws(problem, flat), len(chains)),
-        sample_stats={k: stats[k] for k in STATS},
-        diagnostics={"divergences": int(stats["diverging"].sum()),
-                     "acceptance_rate": [float(a) for a in stats["acceptance_rate"].mean(1)],
-                     "step_size": [float(e) for e in stats["step_size"][:, -1]],
-                     "gradient_evaluations": int(stats["n_steps"].sum()),
-                     "sampler": "pyro", "potential": "pyro", "chains": note},
-    )
+    return mcmc_fit(to_chains(complete_draws(problem, flat), len(chains)), stats,
+                    gradient_evaluations=int(stats["n_steps"].sum()), sampler="pyro", potential="pyro", chains=note)
 
 
 class ChainStore:

@@ -1,5 +1,5 @@
-"""The batched multi-chain sampler (`inference.batched`) and the MCMC driver (`inference.mcmc`)
-against Pyro's own potential and kernel and against closed forms.
+"""The batched multi-chain sampler (`inference.batched`, its potential `inference.potential`) and
+the MCMC driver (`inference.mcmc`) against Pyro's own potential and kernel and against closed forms.
 
 Its potential must equal Pyro's (value and gradient) on every model it runs, by both paths
 (``vmap`` and ``plate``); a model it cannot run correctly falls back to Pyro's kernel with the
@@ -27,7 +27,7 @@ from scipy import stats
 import zoo
 from zoo import registry
 from zoo.core.problem import DTYPE, float64, prepare
-from zoo.inference import batched, common, mcmc
+from zoo.inference import batched, common, mcmc, potential
 from zoo.inference.common import chain_seeds, init_values, log_densities, prior, sample_vectorised
 
 RUNNABLE = [n for n, s in registry.MODELS.items()
@@ -53,16 +53,16 @@ def test_both_paths_equal_pyros_potential(name):
     starts, against Pyro's ``initialize_model`` potential."""
     problem = _problem(name)
     if problem.discrete_sites:
-        assert "discrete" in batched.build(problem, {})
+        assert "discrete" in potential.build(problem, {})
         return
     starts = _starts(problem)
-    blocks = batched.blocks_of(problem, {k: v[0] for k, v in starts.items()})
+    blocks = potential.blocks_of(problem, {k: v[0] for k, v in starts.items()})
     draws = {k: torch.as_tensor(v, dtype=DTYPE)
              for k, v in sample_vectorised(problem, prior(problem), 3).items() if k in problem.sites}
-    ref_u, ref_grad = batched.pyro_potential(problem, blocks, draws, valid={k: v[0] for k, v in starts.items()})
+    ref_u, ref_grad = potential.pyro_potential(problem, blocks, draws, valid={k: v[0] for k, v in starts.items()})
     paths = []
-    for path in batched.PATHS:
-        pot = batched.Potential(problem, blocks, path)
+    for path in potential.PATHS:
+        pot = potential.Potential(problem, blocks, path)
         try:
             u, grad, _ = pot.robust(pot.unconstrain(draws))
         except (RuntimeError, ValueError):
@@ -73,7 +73,7 @@ def test_both_paths_equal_pyros_potential(name):
         np.testing.assert_allclose(grad[finite].numpy(), ref_grad[finite].numpy(), rtol=1e-7, atol=1e-9)
         paths.append(path)
     assert "vmap" in paths or name == "mvn_wishart", paths
-    chosen = batched.build(problem, starts)
+    chosen = potential.build(problem, starts)
     assert chosen.path in paths and set(chosen.notes["potential_ms"]) == set(paths)
 
 
@@ -82,7 +82,7 @@ def test_flat_coordinates_are_dropped():
     square (whose upper triangle the transform ignores)."""
     problem = _problem("mvn_wishart")
     d = problem.sites["precision"].shape[-1]
-    assert d > 1 and batched.build(problem, _starts(problem)).dim == d * (d + 1) // 2
+    assert d > 1 and potential.build(problem, _starts(problem)).dim == d * (d + 1) // 2
 
 
 def test_warmup_windows_are_stans():
@@ -90,7 +90,7 @@ def test_warmup_windows_are_stans():
     warm-up iterations (Stan reference manual, 15.2: 75 / 25, 50, 100, 200, 500 / 50)."""
     problem = _problem("normal_gamma")
     starts = _starts(problem, 2)
-    pot = batched.build(problem, starts)
+    pot = potential.build(problem, starts)
     tuning = batched.Tuning(pot, pot.unconstrain(starts), torch.Generator().manual_seed(0), num_warmup=1000,
                             target_accept=0.8, dense_mass=False)
     for adapter in tuning.adapters:
@@ -209,7 +209,7 @@ def test_only_numerical_failures_become_an_infinite_potential(monkeypatch):
     others their values; any other error surfaces."""
     problem = _problem("normal_gamma")
     starts = _starts(problem, 3)
-    pot = batched.build(problem, starts)
+    pot = potential.build(problem, starts)
     z = pot.unconstrain(starts)
     expected = pot.eager(z)
     eager = pot.eager

@@ -9,7 +9,7 @@ SVI cannot hold a correlated posterior's spread, so it is held to the means.
 
 Models that do not broadcast against an outer plate of chains (``X @ w``, ``torch.stack`` of
 scalars, scalar indexing) run under the batched sampler by vmap, or fall back to Pyro's kernel
-with the reason (`inference.batched.build`); either way they are held to the same yardsticks.
+with the reason (`inference.potential.build`); either way they are held to the same yardsticks.
 """
 from __future__ import annotations
 
