@@ -18,7 +18,9 @@ from scipy import stats
 
 import zoo
 from zoo import registry
+from zoo.core.problem import prepare
 from zoo.core.spec import StoredReference
+from zoo.inference.common import chain_seeds, init_values
 from zoo.posteriordb import MODULES, suite
 
 
@@ -84,4 +86,48 @@ def test_nuts_is_correct_against_the_stored_reference():
     cmp = zoo.compare("eight_schools_noncentered", backends=["nuts"], num_samples=500, num_warmup=500)
     row = cmp.table.set_index("backend").loc["nuts"]
     assert row["ess_bulk_min"] >= 400 and row["r_hat_max"] < 1.01 and row["divergences"] == 0
+    assert bool(row["correct"]), cmp.scalars[["name", "z", "sd_ratio"]]
+
+
+def test_centred_eight_schools_runs_nuts_non_centred_and_is_correct():
+    """The centred eight schools (a funnel: 13 divergences at target_accept 0.99 as written)
+    under its default ``noncentered="theta"``: nuts samples Pyro's LocScaleReparam(centered=0)
+    of theta, the draws come back as the model's own site ``theta`` (no ``theta_decentered``),
+    and at the model's defaults (4 x (500 + 1500)) they match posteriordb's reference with no
+    divergence."""
+    cmp = zoo.compare("eight_schools_centered", backends=["nuts"])
+    row = cmp.table.set_index("backend").loc["nuts"]
+    posterior = cmp.results["nuts"].idata.posterior
+    assert set(posterior.data_vars) == {"mu", "tau", "theta"} and posterior["theta"].shape[-1] == 8
+    assert "LocScaleReparam" in row["note"] and row["divergences"] == 0 and row["r_hat_max"] < 1.01
+    assert bool(row["correct"]), cmp.scalars[["name", "z", "sd_ratio"]]
+
+
+@pytest.mark.parametrize("sites, words", [("nope", ["'nope'", "not a continuous latent site"]),
+                                          ("tau", ["'tau'", "HalfCauchy", "loc and a scale"])])
+def test_noncentered_refuses_a_site_it_cannot_decentre(sites, words):
+    with pytest.raises(zoo.ZooError) as err:
+        zoo.run("eight_schools_centered", "nuts", noncentered=sites, num_samples=10, num_warmup=10)
+    assert all(w in str(err.value) for w in ["eight_schools_centered", *words]), err.value
+
+
+def test_arma11_chains_start_where_the_error_recursion_is_stable():
+    """Stan's rule (uniform(-2, 2) on the unconstrained scale) starts arma11's moving-average
+    coefficient theta outside (-1, 1) in some chains (seed 0: two of four); there the error
+    recursion grows like theta^200, the gradient is astronomical and nuts's step size
+    collapses (1e-40: the chain never moves). The model's default init_radius 0.5 starts every
+    chain inside."""
+    problem = prepare(zoo.get_model("arma11"), suite.arma11.data())
+    stan = [float(init_values(problem, s)["theta"]) for s in chain_seeds(0, 4)]
+    assert any(abs(t) > 1 for t in stan)
+    assert zoo.get_model("arma11").backends.options["nuts"]["init_radius"] == 0.5
+    assert all(abs(float(init_values(problem, s, 0.5)["theta"])) < 0.5 for s in chain_seeds(0, 4))
+
+
+@pytest.mark.slow  # 4 x (500 + 500) NUTS draws
+def test_arma11_nuts_is_correct_from_its_default_starts():
+    """At its defaults (4 x (500 + 500), init_radius 0.5) nuts matches posteriordb's reference."""
+    cmp = zoo.compare("arma11", backends=["nuts"])
+    row = cmp.table.set_index("backend").loc["nuts"]
+    assert row["r_hat_max"] < 1.01 and row["divergences"] == 0
     assert bool(row["correct"]), cmp.scalars[["name", "z", "sd_ratio"]]
