@@ -19,7 +19,8 @@ from scipy import stats
 import zoo
 from zoo import registry
 from zoo.core.problem import prepare
-from zoo.core.spec import StoredReference
+from zoo.core.spec import Fit, StoredReference
+from zoo.inference import reparam
 from zoo.inference.common import chain_seeds, init_values
 from zoo.posteriordb import MODULES, suite
 
@@ -89,6 +90,27 @@ def test_nuts_is_correct_against_the_stored_reference():
     assert bool(row["correct"]), cmp.scalars[["name", "z", "sd_ratio"]]
 
 
+def test_noncentred_draws_come_back_as_the_model_s_own_sites():
+    """`inference.reparam`: the sampler's problem has ``theta_decentered`` in place of
+    ``theta``; its draws come back as theta = mu + tau * theta_decentered (numpy here), under the
+    model's own site names, with ``lp`` left for the packaging to compute under the model as
+    written."""
+    problem = prepare(zoo.get_model("eight_schools_centered"), suite.eight_schools_centered.data())
+    inner = reparam.noncentred(problem, ["theta"])
+    assert list(inner.sites) == ["mu", "tau", "theta_decentered"] and "theta" in problem.sites
+    rng = np.random.default_rng(0)
+    draws = {"mu": rng.normal(size=(2, 3)), "tau": rng.gamma(2.0, size=(2, 3)),
+             "theta_decentered": rng.normal(size=(2, 3, 8))}
+    fit = Fit(posterior=draws, sample_stats={"lp": np.zeros((2, 3)), "diverging": np.zeros((2, 3), bool)},
+              diagnostics={"chains": "2 chains"})
+    out = reparam.restore(problem, inner, fit, ["theta"])
+    assert list(out.posterior) == list(problem.sites) and set(out.sample_stats) == {"diverging"}
+    np.testing.assert_allclose(out.posterior["theta"],
+                               draws["mu"][..., None] + draws["tau"][..., None] * draws["theta_decentered"])
+    assert "LocScaleReparam" in out.diagnostics["chains"]
+
+
+@pytest.mark.slow  # 4 x (500 + 1500) NUTS draws, 20-60 s on the shared machine
 def test_centred_eight_schools_runs_nuts_non_centred_and_is_correct():
     """The centred eight schools (a funnel: 13 divergences at target_accept 0.99 as written)
     under its default ``noncentered="theta"``: nuts samples Pyro's LocScaleReparam(centered=0)
