@@ -9,6 +9,8 @@ Gym's 5 sqrt(SE^2 + SE_ref^2)), and with no Wasserstein distance (no draws to me
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -23,6 +25,11 @@ from zoo.core.spec import Fit, StoredReference
 from zoo.inference import reparam
 from zoo.inference.common import chain_seeds, init_values
 from zoo.posteriordb import MODULES, suite
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.posteriordb_suite import COLUMNS, merged  # noqa: E402
 
 
 def test_every_suite_model_is_listed_by_source_without_being_registered_yet():
@@ -40,7 +47,8 @@ def test_every_suite_model_is_listed_by_source_without_being_registered_yet():
 def test_a_suite_model_registers_through_zoo_register_on_first_use():
     spec = zoo.get_model("kilpisjarvi")
     assert spec.source == "posteriordb" and spec.kind == suite.SUITE["kilpisjarvi"].KIND
-    assert spec.backends.options["nuts"] == {"dense_mass": True}  # its geometry's defaults
+    assert spec.backends.options["nuts"] == suite.SUITE["kilpisjarvi"].NUTS_OPTIONS  # its geometry's defaults
+    assert spec.backends.options["nuts"]["dense_mass"] is True
     assert set(spec.example) == set(suite.SUITE["kilpisjarvi"].data())
     with pytest.raises(zoo.ZooError, match="built-in model"):
         zoo.register("kilpisjarvi", suite.SUITE["kilpisjarvi"].model, suite.SUITE["kilpisjarvi"].data())
@@ -153,3 +161,24 @@ def test_arma11_nuts_is_correct_from_its_default_starts():
     row = cmp.table.set_index("backend").loc["nuts"]
     assert row["r_hat_max"] < 1.01 and row["divergences"] == 0
     assert bool(row["correct"]), cmp.scalars[["name", "z", "sd_ratio"]]
+
+
+def test_a_benchmark_rerun_of_some_back_ends_keeps_the_others_rows():
+    """``posteriordb_suite.py --update --backends nuts``: the new nuts row replaces the old one
+    (and its left-out reason), the svi row of the earlier run stays, ``recommended`` is marked
+    again over both (the faster correct one), and ``runs`` says which run made which rows."""
+
+    def row(backend, seconds, correct, note=""):
+        return {**dict.fromkeys(COLUMNS), "backend": backend, "seconds": seconds, "correct": correct, "note": note}
+
+    old = {"name": "m", "command": "first", "date": "d0", "load": [1.0, 1.0], "not_run": "stale",
+           "left_out": {"nuts": "too slow"},
+           "rows": [row("svi", 30.0, True), row("nuts", None, None, "left out: too slow")]}
+    new = {"name": "m", "load": [2.0, 2.0], "left_out": {}, "rows": [row("nuts", 10.0, True)]}
+    out = merged(old, new, "second")
+    by = {r["backend"]: r for r in out["rows"]}
+    assert set(by) == {"svi", "nuts"} and by["nuts"]["seconds"] == 10.0 and by["svi"]["seconds"] == 30.0
+    assert by["nuts"]["recommended"] and not by["svi"]["recommended"]
+    assert out["left_out"] == {} and "not_run" not in out
+    assert [r["backends"] for r in out["runs"]] == [["nuts", "svi"], ["nuts"]]
+    assert [r["command"] for r in out["runs"]] == ["first", "second"]
