@@ -32,7 +32,7 @@ POSTERIOR = "eight_schools-eight_schools_centered"
 KIND = "hard geometry"
 
 # the funnel: at target_accept 0.99 nuts on the model as written still diverges in the neck
-# (13 divergences, sd ratio 1.12, 4 x (1000 + 1000), 2026-11-29). The samplers run on theta
+# (13 divergences, sd ratio 1.12, 4 x (500 + 500), 2026-11-29). The samplers run on theta
 # sampled non-centred instead (Pyro's LocScaleReparam(centered=0): theta = mu + tau *
 # theta_decentered, the same posterior), and theta's draws are computed back: the model stays
 # the Stan model, the geometry is the non-centred one's. tau's sd (a HalfCauchy tail) needs the
