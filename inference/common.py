@@ -388,7 +388,8 @@ def init_values(problem: Problem, seed: int, radius: float = 2.0) -> dict[str, t
                 raise
             continue
         return {k: transforms[k].inv(v).detach().to(DTYPE) for k, v in params.items()}
-    rules = f"uniform(-{radius:g}, {radius:g}) on the unconstrained scale" + ("" if problem.improper else " nor prior draws")
+    rules = f"uniform(-{radius:g}, {radius:g}) on the unconstrained scale" + (
+        "" if problem.improper else " nor prior draws")
     raise ZooError(f"model {problem.name!r}: no starting point with a finite log density and gradient "
                    f"in 100 tries of {rules}; the data may be impossible under the model")
 
