@@ -16,6 +16,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -356,10 +357,11 @@ def _obs_shape(chunk: np.ndarray) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def init_values(problem: Problem, seed: int) -> dict[str, torch.Tensor]:
+def init_values(problem: Problem, seed: int, radius: float = 2.0) -> dict[str, torch.Tensor]:
     """Starting values of the continuous latent sites by Stan's rule.
 
-    Each site is drawn uniform(-2, 2) on its unconstrained scale (`uniform_unconstrained`),
+    Each site is drawn uniform(-radius, radius) on its unconstrained scale
+    (`uniform_unconstrained`; Stan's ``init=radius``, 2 by default),
     redrawn (up to 100 times, as Stan does) until the log density and its gradient are
     finite, with the discrete sites summed out: Pyro's `initialize_model` with that strategy. Unlike the
     best of many prior draws, this does not seek out the prior's mode, which in a
@@ -374,7 +376,7 @@ def init_values(problem: Problem, seed: int) -> dict[str, torch.Tensor]:
     ZooError
         when neither rule finds a point with a finite log density and gradient.
     """
-    strategies = [uniform_unconstrained] + ([] if problem.improper else [init_to_sample])
+    strategies = [partial(uniform_unconstrained, radius=radius)] + ([] if problem.improper else [init_to_sample])
     for strategy in strategies:
         seed_all(seed)
         try:
@@ -386,7 +388,8 @@ def init_values(problem: Problem, seed: int) -> dict[str, torch.Tensor]:
                 raise
             continue
         return {k: transforms[k].inv(v).detach().to(DTYPE) for k, v in params.items()}
-    rules = "uniform(-2, 2) on the unconstrained scale" + ("" if problem.improper else " nor prior draws")
+    rules = f"uniform(-{radius:g}, {radius:g}) on the unconstrained scale" + (
+        "" if problem.improper else " nor prior draws")
     raise ZooError(f"model {problem.name!r}: no starting point with a finite log density and gradient "
                    f"in 100 tries of {rules}; the data may be impossible under the model")
 

@@ -42,7 +42,7 @@ from zoo.core.errors import ZooError
 from zoo.core.files import atomic_write
 from zoo.core.problem import Problem
 from zoo.core.spec import Backend, Fit
-from zoo.inference import batched, potential
+from zoo.inference import batched, potential, reparam
 from zoo.inference.common import (
     chain_seeds,
     complete_draws,
@@ -170,9 +170,19 @@ def _pyro_kernel(algo: str, model, *, target_accept: float, dense_mass: bool, ji
 
 def fit(algo: str, problem: Problem, *, seed: int, num_samples: int, num_warmup: int, num_chains: int,
         target_accept: float, sampler: str, dense_mass: bool, jit: bool, checkpoint: str, progress: bool | None,
-        **tree: int) -> Fit:
+        init_radius: float, noncentered: str, **tree: int) -> Fit:
     """Run ``num_chains`` chains of ``algo`` (``"nuts"`` or ``"hmc"``; ``tree``: its
-    ``max_tree_depth`` or ``num_leapfrog``) with the batched sampler or Pyro's kernel."""
+    ``max_tree_depth`` or ``num_leapfrog``) with the batched sampler or Pyro's kernel, each
+    chain started uniform(-init_radius, init_radius) on the unconstrained scale (Stan's
+    ``init``, `inference.common.init_values`); the sites named in ``noncentered`` are sampled
+    non-centred and their draws computed back (`inference.reparam`)."""
+    decentre = reparam.site_names(problem, noncentered)
+    if decentre:
+        inner = reparam.noncentred(problem, decentre)
+        out = fit(algo, inner, seed=seed, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
+                  target_accept=target_accept, sampler=sampler, dense_mass=dense_mass, jit=jit, checkpoint=checkpoint,
+                  progress=progress, init_radius=init_radius, noncentered="", **tree)
+        return reparam.restore(problem, inner, out, decentre)
     seeds = chain_seeds(seed, num_chains)
     reason, starts = None, None
     if sampler != "pyro":
@@ -181,7 +191,7 @@ def fit(algo: str, problem: Problem, *, seed: int, num_samples: int, num_warmup:
         elif problem.discrete_sites:
             reason = f"discrete latent sites ({', '.join(problem.discrete_sites)}) are summed out by Pyro's kernel"
         else:
-            starts = [init_values(problem, s) for s in seeds]
+            starts = [init_values(problem, s, init_radius) for s in seeds]
             pot = potential.build(problem, {k: torch.stack([st[k] for st in starts]) for k in starts[0]})
             if isinstance(pot, str):
                 reason = pot
@@ -191,12 +201,13 @@ def fit(algo: str, problem: Problem, *, seed: int, num_samples: int, num_warmup:
                                   RuntimeWarning, stacklevel=3)
         if reason is not None and sampler == "batched":
             raise ZooError(f"model {problem.name!r}: the batched sampler does not apply: {reason}; use sampler='pyro'")
-    settings = {"kernel": algo, "target_accept": target_accept, "jit": jit, "dense_mass": dense_mass, **tree}
+    settings = {"kernel": algo, "target_accept": target_accept, "jit": jit, "dense_mass": dense_mass,
+                "init_radius": init_radius, **tree}
     if sampler == "pyro" or reason is not None:
         kernel = partial(_pyro_kernel, algo, target_accept=target_accept, dense_mass=dense_mass, jit=jit, **tree)
         out = run_chains(problem, kernel, seed=seed, num_samples=num_samples, num_warmup=num_warmup,
                          num_chains=num_chains, progress=progress, checkpoint=checkpoint, settings=settings,
-                         starts=starts)
+                         starts=starts, init_radius=init_radius)
         if reason is not None:
             out.diagnostics["fallback"] = reason
         return out
@@ -257,7 +268,8 @@ def _one_chain(problem: Problem, model, make_kernel, start: dict[str, torch.Tens
 
 def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, num_warmup: int,
                num_chains: int, progress: bool | None, checkpoint: str = "",
-               settings: dict[str, Any] | None = None, starts: list[dict[str, torch.Tensor]] | None = None) -> Fit:
+               settings: dict[str, Any] | None = None, starts: list[dict[str, torch.Tensor]] | None = None,
+               init_radius: float = 2.0) -> Fit:
     """Run ``num_chains`` chains of the kernel ``make_kernel(model, ...)`` one after another.
 
     Durability: the chain is the chunk. With ``checkpoint`` (a directory) every finished chain
@@ -273,7 +285,7 @@ def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, nu
         chain = store.load(i) if store else None
         if chain is None:
             try:
-                start = starts[i] if starts else init_values(problem, chain_seed)
+                start = starts[i] if starts else init_values(problem, chain_seed, init_radius)
                 chain = _one_chain(problem, model, make_kernel, start, chain_seed, num_samples, num_warmup, progress)
             except KeyboardInterrupt:
                 if not chains:
@@ -326,7 +338,8 @@ class ChainStore:
 # its potential, and runs the model's own code where the trace disagrees with it).
 MCMC_OPTIONS: dict[str, Any] = {"num_samples": 500, "num_warmup": 500, "num_chains": 4,
                                 "target_accept": 0.8, "sampler": "auto", "dense_mass": False, "jit": False,
-                                "checkpoint": "", "progress": None}
+                                "checkpoint": "", "progress": None, "init_radius": 2.0,
+                                "noncentered": ""}
 MCMC_CHOICES: dict[str, tuple[str, ...]] = {"sampler": ("auto", "batched", "pyro")}
 ALGORITHMS: dict[str, tuple[dict[str, int], str]] = {
     "nuts": ({"max_tree_depth": 10}, "No-U-Turn Hamiltonian Monte Carlo, several chains (batched)"),

@@ -18,7 +18,8 @@ the Stan code but not copied from it. Every module declares
   int64 tensors;
 * optionally ``NUTS_OPTIONS``: the sampler settings the geometry needs, in the zoo's
   back-end vocabulary (``target_accept``, ``dense_mass``; Pyro's own ``NUTS`` calls them
-  ``target_accept_prob`` and ``full_mass``); optionally ``SVI_OPTIONS``: svi's defaults
+  ``target_accept_prob`` and ``full_mass``; ``init_radius``, Stan's ``init``;
+  ``noncentered``, sites sampled through Pyro's ``LocScaleReparam(centered=0)``); optionally ``SVI_OPTIONS``: svi's defaults
   for the model (``{"guide": "full_rank"}`` where the posterior's correlations are strong:
   a mean-field guide gets the means but not the sds there).
 

@@ -278,7 +278,8 @@ def test_module_declares_its_api_and_loads_its_data(name):
     assert callable(module.model) and callable(module.data)
     assert "Generative story::" in module.__doc__ and module.POSTERIOR in module.__doc__
     assert suite.POSTERIORDB_COMMIT in module.__doc__
-    assert set(getattr(module, "NUTS_OPTIONS", {})) <= {"target_accept", "dense_mass", "max_tree_depth"}
+    assert set(getattr(module, "NUTS_OPTIONS", {})) <= {"target_accept", "dense_mass", "max_tree_depth", "init_radius",
+                                                         "noncentered", "num_warmup", "num_samples"}
     assert set(getattr(module, "SVI_OPTIONS", {})) <= {"guide", "num_steps"}
     data = module.data()
     assert set(data) <= set(module.model.__code__.co_varnames[:module.model.__code__.co_argcount])
