@@ -10,12 +10,13 @@ import pkgutil
 import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyro import poutine
 
 import zoo
-from zoo import models, registry
+from zoo import models, registry, scoring
 from zoo.core.problem import prepare
 from zoo.results import RESULT_PLOTS
 from zoo.inference.common import log_densities, prior, sample_vectorised
@@ -226,6 +227,19 @@ def test_compare_lists_inapplicable_backends_with_reason():
     row = cmp.table.set_index("backend").loc["exact"]
     assert "Laplace prior has no closed-form posterior" in row["note"]
     assert list(cmp.results) == ["svi"]
+
+
+def test_a_markov_chain_that_warns_is_not_recommended():
+    """gp_pois_regr's hmc matched the reference with 10 divergent transitions and was the
+    fastest correct row: the recommendation goes to the fastest row whose diagnostics are clean."""
+    table = pd.DataFrame({
+        "backend": ["nuts", "hmc", "hmc:long", "svi"], "kind": ["mcmc", "mcmc", "mcmc", "independent"],
+        "seconds": [160.0, 13.0, 20.0, 30.0], "divergences": [0, 10, 0, 0],
+        "r_hat_max": [1.004, 1.003, 1.02, float("nan")], "correct": [True, True, True, True]})
+    assert scoring.recommend(table).set_index("backend")["recommended"].to_dict() == {
+        "nuts": False, "hmc": False, "hmc:long": False, "svi": True}
+    assert scoring.recommend(table.assign(correct=[True, True, True, False])).set_index(
+        "backend")["recommended"].idxmax() == "nuts"
 
 
 def test_recommended_is_the_fastest_correct_approximation():

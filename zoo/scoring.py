@@ -213,9 +213,21 @@ COLUMNS = ["backend", "kind", "seconds", "draws", "ess_bulk_min", "ess_tail_min"
 def recommend(table: pd.DataFrame) -> pd.DataFrame:
     """Mark in ``recommended`` the approximate back-end that passed the accuracy gate
     (``correct``) in the least time; none when none passed or nothing was scored. (``exact``
-    itself, the yardstick, is not a candidate: where it exists it is the answer.)"""
+    itself, the yardstick, is not a candidate: where it exists it is the answer.) Markov chains
+    must also pass the MCMC yardsticks a user can check without a reference: no divergent
+    transition and r_hat at most `R_HAT_MAX`; a run whose own diagnostics warn is not the one to
+    recommend, even where its summaries happened to match."""
     if "correct" not in table:
         return table
+    passed = table["correct"].eq(True) & table["backend"].ne("exact")
+    if "kind" in table:
+        none = pd.Series(0.0, index=table.index)
+        warns = table.get("divergences", none).fillna(0).gt(0) | table.get("r_hat_max", none).gt(R_HAT_MAX)
+        passed &= ~(table["kind"].eq("mcmc") & warns)
+    table = table.assign(recommended=False)
+    if passed.any():
+        table.loc[table["seconds"].where(passed).idxmin(), "recommended"] = True
+    return table
     passed = table["correct"].eq(True) & table["backend"].ne("exact")
     table = table.assign(recommended=False)
     if passed.any():
