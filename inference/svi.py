@@ -223,19 +223,19 @@ class Schedule:
        each location steps in units of its own guide sd (its Adam step is multiplied by its
        scale, capped at ``lr``), and the other parameters (the scales, unconstrained, about
        their logarithm) in their own units; every parameter is measured in those units
-       too. The locations' rate starts where every location still moves by ``lr`` a step,
-       the others' at ``lr``, and each is cut (2 to 10 times, never below `SLOWEST`) while
-       one of its parameters jitters within a window (its sd about its linear trend there)
-       by more than its limit: `JITTER` tolerances (0.5 guide sds) for a location,
-       `SCALE_JITTER` for a log scale, judged once the locations are within theirs. The
+       too. The locations' rate starts where every location still moves by ``lr`` a step
+       and is cut (2 to 10 times, never below `SLOWEST`) while a location jitters within a
+       window (its sd about its linear trend there) by more than `JITTER` tolerances (0.5
+       guide sds). The other parameters (log scales) start at ``lr``; when the run has
+       settled (below) while one of them still jitters by more than `SCALE_JITTER`, their
+       rate is cut (by the square of the excess: jitter goes with the rate's square root)
+       and the run settles again. The
        scales need the smaller rate: the gradient noise of a log scale grows with the scale,
-       so at a fixed rate its iterates hover below the optimum, by about the rate times the
-       gradient's noise (sblrc-blr, full-rank: at one rate 0.035 for both, the rule's
-       earlier form, the beta sds ended 5-8 % short, sd ratios 0.89-0.94 over seeds 0-4;
-       with the scales' own rate cut to 0.005-0.01, guide sds 0.92-1.01 of the posterior's
-       against a full-rank optimum of 0.984-0.993; the rest of the gap is the 10 % scale
-       tolerance and the gradient clipping of ClippedAdam, measured: a 5 % tolerance or
-       unclipped scales end nearer the optimum but reach the cap or stop early). Then the
+       so at a fixed rate its iterates hover below the optimum (sblrc-blr, full-rank: at one
+       rate 0.035 for both, the rule's earlier form, the beta sds ended 5-8 % short, sd
+       ratios 0.89-0.94 over seeds 0-4, against a full-rank optimum 1-1.5 % short; with
+       the scales' rate cut to 0.005, 0-5 % short). Cutting the scales' rate before they
+       have settled leaves them creeping (a normal mean's guide sd ended 10 % wide). Then the
        iterates are read as
        a Markov chain around the optimum (after Dhaka et al. 2020, "Robust, accurate
        stochastic optimization for variational inference"): one-draw gradients are noisy,
@@ -328,12 +328,8 @@ class Schedule:
             located, JITTER * tolerance, torch.full_like(tolerance, SCALE_JITTER))
         self.jitter = float(excess.max())
         rate = slower(self.rate, float(torch.where(located, excess, 0.0).max()))
-        # the scales' jitter is judged once the locations' is within its limit (before, the
-        # locations' jumps shake them too)
-        scale_rate = self.scale_rate if rate != self.rate else slower(
-            self.scale_rate, float(torch.where(located, 0.0, excess).max()))
-        if (rate, scale_rate) != (self.rate, self.scale_rate):
-            self._set_rate(optim, rate, scale_rate)
+        if rate != self.rate:
+            self._set_rate(optim, rate, self.scale_rate)
             self.means, self.settled = [], 0
             return False
         self.means.append(x.mean(0))
@@ -348,6 +344,13 @@ class Schedule:
         self.disagreement = float((torch.maximum(drift, error) / unit / tolerance).max())
         self.settled = self.settled + 1 if self.disagreement <= 1 else 0
         if self.settled >= SETTLE:
+            # settled at this rate; while the scales jitter by more than their limit, their
+            # rate is cut (jitter goes as its square root) and they settle again
+            scale_rate = slower(self.scale_rate, float(torch.where(located, 0.0, excess).max()) ** 2)
+            if scale_rate != self.scale_rate:
+                self._set_rate(optim, self.rate, scale_rate)
+                self.means, self.settled = [], 0
+                return False
             self.converged = True
             self.finish()
             return True
@@ -397,8 +400,9 @@ class Schedule:
 
 
 def slower(rate: float, excess: float) -> float:
-    """The rate after a window in which a parameter jittered by ``excess`` times its limit:
-    unchanged up to 1 (or at `SLOWEST`), else cut 2 to 10 times, never below `SLOWEST`."""
+    """The rate after a window in which a parameter jittered by ``excess`` times its limit
+    (for the scales, the square of that): unchanged up to 1 (or at `SLOWEST`), else cut 2 to
+    10 times, never below `SLOWEST`."""
     if excess <= 1 or rate <= SLOWEST:
         return rate
     return max(SLOWEST, rate * max(0.1, min(0.5, 1 / (2 * excess))))
