@@ -32,11 +32,12 @@ def test_default_svi_reaches_the_optimum_on_sblrc_blr():
     assert np.max(np.abs(beta.mean(0) - cmp.exact.mean["beta"]) / cmp.exact.sd["beta"]) > 0.25
 
 
-@pytest.mark.xfail(strict=True, reason="full-rank svi stops at sd ratio 0.899 (gate 0.9) at seed 0 since the "
-                                       "engine merge; 0.92-0.94 before: the rule ends a hair short of the scale optimum")
 def test_default_full_rank_svi_is_correct_on_sblrc_blr():
     """The model's default guide is full-rank (``SVI_OPTIONS``), which holds the correlations
-    too: default svi should be ``correct``."""
+    too: default svi is ``correct`` (|z| < 0.25 against posteriordb's reference, sd ratios
+    0.9-1.1). The rule's earlier form, one rate for the locations and the log scales, left
+    the scales hovering 5-8 % below the optimum (sd ratio 0.899 at seed 0); the scales now
+    have their own rate, cut until they jitter by at most `svi.SCALE_JITTER`."""
     cmp = zoo.compare("sblrc_blr", backends=["svi"])
     row = cmp.table.set_index("backend").loc["svi"]
     assert cmp.results["svi"].diagnostics["guide"] == "full_rank" and bool(row["correct"]), row
