@@ -78,11 +78,12 @@ LEFT_OUT: dict[str, dict[str, str]] = {
                              "1 divergence, tree depth 9) (2026-11-29)"},
 }
 """Back-ends the suite leaves out per model by default, with why (``--all`` runs them)."""
-COLUMNS = ["backend", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second", "r_hat_max",
+COLUMNS = ["backend", "kind", "seconds", "draws", "ess_bulk_min", "ess_tail_min", "ess_per_second", "r_hat_max",
            "divergences", "tree_depth_max", "tree_depth_mean", "steps", "converged", "elbo", "pareto_k",
            "max_abs_z", "sd_ratio_min", "sd_ratio_max", "correct", "recommended", "note"]
 FIELDS = dict(line.split(": ", 1) for line in """\
 backend: back-end label
+kind: what the draws are (zoo.core.spec.Fit.kind): mcmc (Markov chains), independent, resampled, point
 seconds: wall time of the inference alone
 draws: posterior draws (chains x draws per chain)
 ess_bulk_min: smallest bulk effective sample size over the latent scalars
@@ -100,7 +101,7 @@ max_abs_z: largest |mean - reference mean| / reference sd over the latent scalar
 sd_ratio_min: smallest sd / reference sd
 sd_ratio_max: largest sd / reference sd
 correct: every |z| < 0.25 (or within 5 combined Monte Carlo standard errors) and sd ratios in 0.9-1.1
-recommended: the correct back-end that took the least time
+recommended: the correct back-end that took the least time (Markov chains also without a divergence and with r_hat at most 1.01)
 note: why a back-end did not apply or failed, and notes of the run""".splitlines())
 
 
