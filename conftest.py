@@ -8,11 +8,13 @@ the notebook kernels nbmake starts inherit it, and through threadpoolctl for the
 process has already loaded. What the tests check does not change; a plain ``pytest`` run (no
 ``-n``) keeps the libraries' defaults.
 
-Long items run first. pytest-xdist hands tests out in collection order, and the notebooks
-(30-100 s each at reader settings) are collected last, so one of them could start when the
-other worker had nothing left: the notebooks, then the tests marked ``slow``, then the rest
-(a stable sort; the order within each tier is unchanged). This changes when a test runs, not
-what it checks.
+Long items run first: the notebooks (30-110 s each at reader settings), then the tests marked
+``slow``, then the rest (a stable sort; the order within each tier is unchanged), so that the
+last tests to run are short. With ``--dist worksteal`` (the README's command) a worker that
+runs out of tests takes half of the other's queue; under xdist's default ``load`` scheduling
+the first quarter of the collection is dealt out in advance, and a worker dealt more of the
+slow tests ran them alone for minutes at the end. This changes when a test runs, not what it
+checks.
 """
 
 from __future__ import annotations
