@@ -228,11 +228,6 @@ def recommend(table: pd.DataFrame) -> pd.DataFrame:
     if passed.any():
         table.loc[table["seconds"].where(passed).idxmin(), "recommended"] = True
     return table
-    passed = table["correct"].eq(True) & table["backend"].ne("exact")
-    table = table.assign(recommended=False)
-    if passed.any():
-        table.loc[table["seconds"].where(passed).idxmin(), "recommended"] = True
-    return table
 
 
 def make_table(rows: list[dict]) -> pd.DataFrame:
