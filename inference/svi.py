@@ -8,8 +8,12 @@ Guides (CONCEPTS.md E): ``mean_field`` (AutoNormal), ``diag`` (AutoDiagonalNorma
 model may add its own guide families (an amortised encoder) in its spec's ``guides``.
 Discrete latent sites are summed out exactly (TraceEnum_ELBO, the guide covering the
 continuous sites only) and their draws rebuilt with ``infer_discrete``. By default training
-stops by the convergence rule of `train` (``num_steps`` is a cap); the ELBO is re-estimated
-at the end with many draws of the guide.
+stops by the convergence rule of `fit_guide` (``num_steps`` is a cap); the ELBO is re-estimated
+at the end with many draws of the guide. By default a Gaussian guide (``mean_field``,
+``diag``, ``full_rank``) on a model without discrete sites starts at the Laplace
+approximation and moves in the Laplace covariance's whitened coordinates
+(`inference.laplace`); the diagnostics' ``start`` says where it started and, if the Laplace
+start was refused, why.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from zoo.inference.common import (
     to_chains,
 )
 from zoo.inference.flows import coupling_guide
+from zoo.inference.laplace import WARM_GUIDES, Laplace, WhitenedMultivariateNormal, laplace, warm
 
 GUIDES = {
     "mean_field": ag.AutoNormal,
@@ -70,6 +75,12 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     ELBO stops improving, then steps measured in the guide's own sds, and the run ends when
     the averaged iterates stay put to within `TOLERANCE` guide sds; ``num_steps`` caps the
     whole. Easy posteriors stop early, slow ones run longer, and the steps used are reported.
+    A Gaussian guide (`laplace.WARM_GUIDES`) on a model without discrete sites starts at the
+    Laplace approximation found from the optimiser's start (`laplace.laplace`; refused, with
+    the reason in `Trained.start`, where there is no proper mode) and skips the search; it
+    moves in the whitened coordinates of the Laplace covariance (a full-rank guide is written
+    in them, `laplace.WhitenedMultivariateNormal`; a mean-field guide's locations are stepped
+    in them by `Adam`'s ``whiten``), so strong correlations no longer slow it.
     ``converge=False``: exactly ``num_steps`` steps with the rate decaying geometrically to
     ``lr * lr_decay``.
 
@@ -98,14 +109,31 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     pyro.clear_param_store()
     model = model or problem.model
     discrete = list(problem.discrete_sites)
+    start: Laplace | str = ""  # the Laplace start, or why it was refused ("": not tried)
     if guide in problem.spec.backends.guides:  # the model's own guide (an amortised encoder)
         q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
-        q = GUIDES[guide](poutine.block(model, hide=discrete) if discrete else model,
-                          init_loc_fn=init_to_value(values=optimiser_start(problem, seed)))
-    args = {"lr": lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)}
-    optim = Adam(args, average)
-    schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q)) if converge else None
+        values = optimiser_start(problem, seed)
+        if converge and not discrete and GUIDES[guide] in WARM_GUIDES:
+            start = laplace(problem, values)
+        if isinstance(start, Laplace) and guide == "full_rank":
+            q = WhitenedMultivariateNormal(model, start)
+        else:
+            q = GUIDES[guide](poutine.block(model, hide=discrete) if discrete else model,
+                              init_loc_fn=init_to_value(values=start.values if isinstance(start, Laplace) else values))
+        if isinstance(start, Laplace) and guide != "full_rank":
+            with poutine.block(), torch.no_grad():
+                q()
+            warm(q, start)
+    warmed = isinstance(start, Laplace)
+    # from the Laplace start the first step waits for the rule's rates (in guide sds)
+    args = {"lr": 0.0 if warmed else lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)}
+    parts = gaussian_parts(q)
+    whiten = None  # a mean-field guide's locations step in the Laplace start's whitened coordinates
+    if isinstance(start, Laplace) and parts is not None and not isinstance(q, WhitenedMultivariateNormal):
+        whiten = (parts()[0], torch.linalg.cholesky(start.covariance))
+    optim = Adam(args, average, whiten)
+    schedule = Schedule(lr, lr * lr_decay, num_steps, parts, search=not warmed) if converge else None
     elbo = TraceEnum_ELBO if discrete else Trace_ELBO
     svi = SVI(enumerated(problem) if discrete else model, q, optim,
               elbo(num_particles=num_particles, vectorize_particles=num_particles > 1,
@@ -146,7 +174,8 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
         q = q.laplace_approximation()
     return Trained(q, trace, schedule.converged if schedule else None,
                    {"jitter": schedule.jitter, "disagreement": schedule.disagreement, "final_rate": schedule.rate,
-                    "final_scale_rate": schedule.scale_rate} if schedule else {})
+                    "final_scale_rate": schedule.scale_rate} if schedule else {},
+                   "laplace" if warmed else f"best prior draw ({start})" if start else "")
 
 
 def train(problem: Problem, **options: Any) -> tuple[Any, list[float]]:
@@ -170,12 +199,16 @@ class Trained:
         (in each parameter's tolerance: a location's in guide sds, see `Schedule`),
         ``final_rate`` (Adam's rate at the end; for a Gaussian guide's locations, in guide
         sds per step) and ``final_scale_rate`` (that of its other parameters).
+    start : ``"laplace"`` (the Laplace start), ``"best prior draw (<why the Laplace start was
+        refused>)"``, or empty where the Laplace start does not apply (other guide families,
+        discrete sites, a fixed schedule).
     """
 
     guide: Any
     trace: list[float]
     converged: bool | None
     measures: dict[str, float] = field(default_factory=dict)
+    start: str = ""
 
 
 WINDOW = 100  # steps per window of the convergence rule
@@ -187,6 +220,7 @@ STANDARD_ERRORS = 4  # a tolerance holds this many standard errors of the averag
 JITTER = 2.5  # the most a location may jitter within a window before a cut, in its tolerances
 SCALE_JITTER = 0.03  # the most any other parameter (a log scale) may jitter within a window
 SETTLE = 2  # windows in a row within tolerance that end the run
+STALL = 10  # windows without settling after which the scales' rate may be cut (Laplace start)
 SLOWEST = 0.2 / WINDOW  # the lowest rate: every parameter can still move 0.2 a window
 
 
@@ -200,6 +234,11 @@ def gaussian_parts(q: Any) -> Callable[[], tuple[list[torch.Tensor], list[torch.
             names = [name for name, _ in q.prototype_trace.iter_stochastic_nodes()]
             return [attrgetter(n)(q.locs) for n in names], [attrgetter(n)(q.scales).detach() for n in names]
         return parts
+    if isinstance(q, WhitenedMultivariateNormal):  # its locations live in whitened coordinates
+        def whitened() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            with torch.no_grad():
+                return [q.loc], [q.whitened_sds()]
+        return whitened
     if isinstance(q, (ag.AutoDiagonalNormal, ag.AutoMultivariateNormal, ag.AutoLowRankMultivariateNormal)):
         def parts() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
             with torch.no_grad():
@@ -261,11 +300,23 @@ class Schedule:
        over as many steps as the search took (at least `ANNEAL`), then stop (``converged``
        unless the cap cut it short). The anneal is what makes scales settle: stopping at the
        plateau leaves them noisy (sd ratio 1.12 on ``beta_bernoulli``, measured).
+
+    From the Laplace start (``search=False``) step 1 is skipped: the first step waits at
+    rate 0 for the rule's rates, and the locations step ``lr`` in whitened Laplace sds (a
+    full-rank guide is written in those coordinates, `laplace.WhitenedMultivariateNormal`; a
+    mean-field guide's locations are stepped in them by `Adam`'s ``whiten``), with no
+    element-wise ``step_scale``. Where the run has not settled `STALL` windows after the last
+    cut while a scale still jitters beyond `SCALE_JITTER`, the scales' rate is cut without
+    waiting for it to settle. The scales start near their optimum, so an early cut does not
+    leave them creeping far (a cut at every window from the start left beta_bernoulli's sd
+    12 % wide); without it, before the full-rank guide was whitened, kidscore_interaction's
+    full-rank factor jittered at the rate ``lr`` up to the step cap. It stays as a safety valve.
     """
 
     def __init__(self, lr: float, floor: float, cap: int,
-                 parts: Callable[[], tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None) -> None:
-        self.lr, self.floor, self.cap, self.parts = lr, floor, cap, parts
+                 parts: Callable[[], tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None,
+                 search: bool = True) -> None:
+        self.lr, self.floor, self.cap, self.parts, self.search = lr, floor, cap, parts, search
         self.rate, self.scale_rate, self.best, self.worse, self.settled = lr, lr, -math.inf, 0, 0
         self.anneal_start, self.anneal_steps = -1, 0
         self.converged = False
@@ -297,6 +348,11 @@ class Schedule:
             if not self.leaves:
                 self.leaves = [v for _, v in sorted(pyro.get_param_store().named_parameters())]
             self.window.append(torch.cat([v.detach().reshape(-1) for v in self.leaves]).double())
+        if self.anneal_start < 0 and not self.search:  # from the Laplace start: lr guide sds a step
+            self.anneal_start, self.anneal_steps = 0, min(ANNEAL, self.cap)
+            self._set_rate(optim, self.lr, self.lr)
+            self.window = []
+            return False
         if self.anneal_start < 0:  # searching
             if n % WINDOW:
                 return False
@@ -328,8 +384,12 @@ class Schedule:
             located, JITTER * tolerance, torch.full_like(tolerance, SCALE_JITTER))
         self.jitter = float(excess.max())
         rate = slower(self.rate, float(torch.where(located, excess, 0.0).max()))
-        if rate != self.rate:
-            self._set_rate(optim, rate, self.scale_rate)
+        # from the Laplace start, scales that keep the run from settling for STALL windows are
+        # slowed without waiting for it to settle (see the class docstring)
+        scale_rate = self.scale_rate if self.search or len(self.means) < STALL else slower(
+            self.scale_rate, float(torch.where(located, 0.0, excess).max()) ** 2)
+        if rate != self.rate or scale_rate != self.scale_rate:
+            self._set_rate(optim, rate, scale_rate)
             self.means, self.settled = [], 0
             return False
         self.means.append(x.mean(0))
@@ -396,7 +456,8 @@ class Schedule:
             for loc, scale in zip(*self.parts()):
                 for group in optim.optim_objs[loc].param_groups:
                     group["lr"] = rate
-                    group["step_scale"] = scale.clamp(max=self.lr / rate)
+                    # from the Laplace start the steps are whitened (`Adam`): in Laplace sds already
+                    group["step_scale"] = scale.clamp(max=self.lr / rate) if self.search else None
 
 
 def slower(rate: float, excess: float) -> float:
@@ -433,11 +494,19 @@ class Adam(PyroOptim):
     """The optimiser of `fit_guide`: Pyro's ClippedAdam, one `ScaledClippedAdam` per
     parameter. With ``average`` (data-parallel SVI, `zoo.distributed`), every gradient is
     first replaced in place by its mean over processes, in one fixed order of the
-    parameters' names, so that every process takes the same step."""
+    parameters' names, so that every process takes the same step.
 
-    def __init__(self, optim_args: dict[str, Any], average: Callable[[torch.Tensor], None] | None = None) -> None:
+    With ``whiten = (locs, C)`` (a Gaussian guide's location tensors in the Laplace
+    approximation's order, and the Cholesky factor C of its covariance) the locations are
+    stepped in whitened coordinates u (locations = start + C u): Adam sees the gradient
+    C' g and its step du is applied as C du. On a Gaussian posterior that makes every
+    direction equally easy, however strong the correlations (`inference.laplace`).
+    """
+
+    def __init__(self, optim_args: dict[str, Any], average: Callable[[torch.Tensor], None] | None = None,
+                 whiten: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__(ScaledClippedAdam, optim_args)
-        self.average = average
+        self.average, self.whiten = average, whiten
 
     def __call__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         if self.average is not None:
@@ -445,7 +514,20 @@ class Adam(PyroOptim):
             params = sorted(params, key=store.param_name)  # Pyro passes a set: its order differs by process
             for p in params:
                 self.average(p.grad)
+        if self.whiten is None:
+            super().__call__(params, *args, **kwargs)
+            return
+        locs, tril = self.whiten
+        with torch.no_grad():
+            before = [p.detach().clone() for p in locs]
+            whitened = tril.T @ torch.cat([p.grad.reshape(-1) for p in locs]).to(tril.dtype)
+            for p, g in zip(locs, whitened.split([p.numel() for p in locs])):
+                p.grad.copy_(g.reshape(p.shape))
         super().__call__(params, *args, **kwargs)
+        with torch.no_grad():
+            step = tril @ torch.cat([(p - p0).reshape(-1) for p, p0 in zip(locs, before)]).to(tril.dtype)
+            for p, p0, d in zip(locs, before, step.split([p.numel() for p in locs])):
+                p.copy_(p0 + d.reshape(p.shape).to(p.dtype))
 
 
 class Checkpoint:
@@ -523,6 +605,8 @@ def training_diagnostics(problem: Problem, trained: Trained, guide: str, num_ste
     and a ``note`` when training did not converge or gave a point estimate."""
     diagnostics: dict[str, Any] = {"elbo_trace": trained.trace, "steps": len(trained.trace), "guide": guide,
                                    "converged": trained.converged, **trained.measures}
+    if trained.start:
+        diagnostics["start"] = trained.start
     note = convergence_note(trained, num_steps)
     notes = [note] if note else []
     if guide == "delta":
