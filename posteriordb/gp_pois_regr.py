@@ -38,6 +38,11 @@ KIND = "gaussian process"
 # At target_accept 0.8 the batched sampler diverges 13 times in 4 x 500 draws (seed 0); at 0.95
 # none, but bulk ESS 222 and r_hat 1.017 in 4 x 500: 1000 draws per chain (2026-11-29)
 NUTS_OPTIONS = {"dense_mass": True, "target_accept": 0.95, "num_samples": 1000}
+# svi: the latent GP's values are correlated with each other and with rho and alpha. A mean-field
+# guide stops at the step cap (|z| 0.46, sd ratios down to 0.05); a full-rank one, from the
+# Laplace start, converges with the means (|z| 0.22) but not the sds (down to 0.42): a Gaussian's
+# limit here (2026-11-29)
+SVI_OPTIONS = {"guide": "full_rank"}
 
 
 def model(x, k=None):
