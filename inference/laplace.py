@@ -25,6 +25,7 @@ decrement g' H^-1 g above `DECREMENT`: more than 0.01 posterior sd from the mode
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -88,7 +89,9 @@ def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
         value.backward()
         return value
 
-    with pyro.validation_enabled(False), poutine.block():
+    # the line search may probe where the density is zero (a NaN loss): the point it ends at is checked
+    with pyro.validation_enabled(False), poutine.block(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN")
         try:
             lbfgs.step(closure)
             value = closure()
