@@ -395,8 +395,9 @@ def init_values(problem: Problem, seed: int, radius: float = 2.0) -> dict[str, t
 
 
 def optimiser_start(problem: Problem, seed: int, num: int = 200) -> dict[str, torch.Tensor]:
-    """Where an optimiser (svi's guide) starts: the prior draw with the highest log joint among
-    ``num`` draws, continuous sites only (the discrete ones summed out).
+    """Where an optimiser (svi's guide, or the L-BFGS search for its Laplace start,
+    `inference.laplace`) starts: the prior draw with the highest log joint among ``num``
+    draws, continuous sites only (the discrete ones summed out).
 
     Unlike MCMC chains (`init_values`, Stan's rule), an optimiser wants to start near a good
     mode rather than dispersed: from Stan's uniform(-2, 2) start, SVI on ``gaussian_mixture``'s

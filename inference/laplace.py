@@ -56,12 +56,18 @@ class Laplace:
     ----------
     values : the MAP point, constrained, by site.
     loc : the MAP point, unconstrained and flattened in the model's site order.
-    covariance : the inverse Hessian of -log p(data, z) at ``loc`` (unconstrained z).
+    scale_tril : the Cholesky factor C of the inverse Hessian of -log p(data, z) at ``loc``
+        (unconstrained z): the whitening of `WhitenedMultivariateNormal` and `svi.Adam`.
     """
 
     values: dict[str, torch.Tensor]
     loc: torch.Tensor
-    covariance: torch.Tensor
+    scale_tril: torch.Tensor
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """The inverse Hessian, C C'."""
+        return self.scale_tril @ self.scale_tril.T
 
 
 def laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
@@ -106,15 +112,14 @@ def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
         except (RuntimeError, torch.linalg.LinAlgError):
             return ("the Hessian where L-BFGS stopped is not positive definite: no proper mode there (a "
                     "funnel's neck, where the density grows without bound, or a non-identified model)")
-    scale_tril = gaussian.scale[:, None] * gaussian.scale_tril
-    covariance = scale_tril @ scale_tril.T
-    decrement = float(gradient @ covariance @ gradient)
+    tril = (gaussian.scale[:, None] * gaussian.scale_tril).detach()
+    decrement = float((tril.T @ gradient).pow(2).sum())  # g' H^-1 g
     if not math.isfinite(decrement) or decrement > DECREMENT:
         return (f"L-BFGS stopped where the gradient still matters (Newton decrement {decrement:.2g}): "
                 "the density may grow without bound (a funnel) or the mode is not smooth")
     with torch.no_grad():
         values = {k: v.detach().clone() for k, v in gaussian.median().items()}
-    return Laplace(values, q.loc.detach().clone(), covariance.detach())
+    return Laplace(values, q.loc.detach().clone(), tril)
 
 
 class WhitenedMultivariateNormal(ag.AutoMultivariateNormal):
@@ -127,8 +132,7 @@ class WhitenedMultivariateNormal(ag.AutoMultivariateNormal):
 
     def __init__(self, model: Any, start: Laplace) -> None:
         super().__init__(model, init_loc_fn=init_to_value(values=start.values), init_scale=1.0)
-        self.origin = start.loc
-        self.whitening = torch.linalg.cholesky(start.covariance)
+        self.origin, self.whitening = start.loc, start.scale_tril
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
         tril = self.scale[..., None] * self.scale_tril
@@ -150,7 +154,7 @@ def warm(q: Any, start: Laplace) -> None:
     """Set a mean-field (``mean_field``, ``diag``) guide's sds, already created, to the
     mean-field optimum for the Laplace approximation, 1/sqrt(H_ii); its locations come from
     the guide's ``init_loc_fn`` (the MAP point)."""
-    sds = torch.linalg.inv(start.covariance).diagonal().rsqrt()
+    sds = torch.cholesky_inverse(start.scale_tril).diagonal().rsqrt()
     if isinstance(q, ag.AutoDiagonalNormal):
         _set(q.scale, q.scale_constraint, sds)
         return

@@ -110,30 +110,29 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     model = model or problem.model
     discrete = list(problem.discrete_sites)
     start: Laplace | str = ""  # the Laplace start, or why it was refused ("": not tried)
+    whiten = None  # a mean-field guide's locations step in the Laplace start's whitened coordinates
     if guide in problem.spec.backends.guides:  # the model's own guide (an amortised encoder)
         q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
         values = optimiser_start(problem, seed)
         if converge and not discrete and GUIDES[guide] in WARM_GUIDES:
             start = laplace(problem, values)
-        if isinstance(start, Laplace) and guide == "full_rank":
+        if not isinstance(start, Laplace):
+            q = GUIDES[guide](poutine.block(model, hide=discrete) if discrete else model,
+                              init_loc_fn=init_to_value(values=values))
+        elif guide == "full_rank":
             q = WhitenedMultivariateNormal(model, start)
         else:
-            q = GUIDES[guide](poutine.block(model, hide=discrete) if discrete else model,
-                              init_loc_fn=init_to_value(values=start.values if isinstance(start, Laplace) else values))
-        if isinstance(start, Laplace) and guide != "full_rank":
+            q = GUIDES[guide](model, init_loc_fn=init_to_value(values=start.values))
             with poutine.block(), torch.no_grad():
                 q()
             warm(q, start)
+            whiten = (gaussian_parts(q)()[0], start.scale_tril)
     warmed = isinstance(start, Laplace)
     # from the Laplace start the first step waits for the rule's rates (in guide sds)
     args = {"lr": 0.0 if warmed else lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)}
-    parts = gaussian_parts(q)
-    whiten = None  # a mean-field guide's locations step in the Laplace start's whitened coordinates
-    if isinstance(start, Laplace) and parts is not None and not isinstance(q, WhitenedMultivariateNormal):
-        whiten = (parts()[0], torch.linalg.cholesky(start.covariance))
     optim = Adam(args, average, whiten)
-    schedule = Schedule(lr, lr * lr_decay, num_steps, parts, search=not warmed) if converge else None
+    schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q), search=not warmed) if converge else None
     elbo = TraceEnum_ELBO if discrete else Trace_ELBO
     svi = SVI(enumerated(problem) if discrete else model, q, optim,
               elbo(num_particles=num_particles, vectorize_particles=num_particles > 1,
