@@ -197,10 +197,10 @@ def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[d
 
 def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
             mode: str) -> dict[str, torch.Tensor]:
-    """Draws ``start:start+n`` as tensors shaped for conditioning the model (long for labels):
+    """Draws ``start:start+n`` as tensors shaped for conditioning the model (each site's dtype):
     padded into the outer plate (``plate``), (n, *shape) (``vmap``) or one draw (``loop``)."""
     def tensor(k: str, v: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(v, dtype=torch.long if problem.sites[k].discrete else DTYPE)
+        return torch.as_tensor(v, dtype=problem.sites[k].dtype)
 
     if mode == "plate":
         return {k: padded(problem, k, tensor(k, v[start:start + n])) for k, v in draws.items()}

@@ -39,7 +39,7 @@ from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
 from zoo.core import arviz_io
-from zoo.core.problem import DTYPE, Problem, trace_model
+from zoo.core.problem import Problem, trace_model
 from zoo.core.spec import Fit
 from zoo.inference.common import log_densities, padded, seed_all
 
@@ -142,7 +142,7 @@ def _samples(problem: Problem, draws: Mapping[str, np.ndarray], parallel: bool) 
     outer plate when ``parallel`` (its own padding misreads a site with an event shape)."""
     out = {}
     for k, v in draws.items():
-        t = torch.as_tensor(np.asarray(v), dtype=torch.long if problem.sites[k].discrete else DTYPE)
+        t = torch.as_tensor(np.asarray(v), dtype=problem.sites[k].dtype)
         out[k] = padded(problem, k, t) if parallel else t
     return out
 

@@ -113,6 +113,10 @@ class Site:
     batch_shape: tuple[int, ...]
     event_shape: tuple[int, ...]
     discrete: bool
+    dtype: torch.dtype = DTYPE
+    """What a value of the site is conditioned as: ``torch.long`` for a discrete site whose
+    distribution draws integers (``Categorical``), else the zoo's float (``Bernoulli`` and
+    ``Binomial`` draw floats, and their ``log_prob`` refuses a long value)."""
 
 
 @dataclass
@@ -397,8 +401,10 @@ def prepare(spec: ModelSpec, data: Mapping[str, Any] | None, hyper: Mapping[str,
             continue
         if is_improper(site):
             kinds["improper"].append(name)
+        discrete = bool(getattr(fn, "has_enumerate_support", False))
+        integer = discrete and not torch.as_tensor(site["value"]).is_floating_point()
         sites[name] = Site(name, tuple(site["value"].shape), tuple(fn.batch_shape),
-                           tuple(fn.event_shape), bool(getattr(fn, "has_enumerate_support", False)))
+                           tuple(fn.event_shape), discrete, torch.long if integer else DTYPE)
     missing = [s for s in spec.latent_sites if s not in sites]
     if missing:
         raise ZooError(f"{where}latent sites {missing} declared but not found when tracing the model")
