@@ -6,11 +6,13 @@ correlations, so from a far start a Gaussian guide crawls along a narrow ridge: 
 ``kilpisjarvi`` (-0.99999) 10000 steps ended 1.65 and 2.05 posterior sds short of the means.
 Newton-type steps are invariant to that scaling. So before SVI, the MAP point on the
 unconstrained scale (where the guides live) is found with L-BFGS (torch's, strong Wolfe line
-search) over Pyro's `AutoLaplaceApproximation`, and Pyro's ``laplace_approximation`` gives
-the inverse Hessian there. A Gaussian guide then starts at that Gaussian: a full-rank guide
-at its mean and covariance, a mean-field one at its mean with the sds 1/sqrt(H_ii) (a
-mean-field Gaussian's optimum for a Gaussian posterior). For a Gaussian posterior that is the
-ELBO's optimum; elsewhere SVI moves on from it (`svi.Schedule`) in the whitened coordinates
+search) over Pyro's `AutoLaplaceApproximation`, and the Hessian there comes from Pyro's
+``hessian`` of the same loss, as in its ``laplace_approximation``. Discrete sites are summed
+out of that loss (``TraceEnum_ELBO``, as ``enum`` and svi do), so on a mixture the start is
+the mode of the marginal posterior of the continuous sites. A Gaussian guide then starts at
+that Gaussian: a full-rank guide at its mean and covariance, a mean-field one at its mean with
+the sds 1/sqrt(H_ii) (a mean-field Gaussian's optimum for a Gaussian posterior). For a
+Gaussian posterior that is the ELBO's optimum; elsewhere SVI moves on from it (`svi.Schedule`) in the whitened coordinates
 of this covariance, so that strong correlations no longer slow it: a full-rank guide is
 written in them (`WhitenedMultivariateNormal`), a mean-field guide's locations step in them
 (`svi.Adam`'s ``whiten``; its scales stay per coordinate, as the family requires).
@@ -34,13 +36,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer import autoguide as ag
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import init_to_value
+from pyro.ops.hessian import hessian
 from torch.distributions import transform_to
 
 from zoo.core.problem import Problem
+from zoo.inference.common import enumerated
 
 MAX_DIM = 1000  # the most unconstrained latent dimensions for which a Hessian is formed
 MAX_ITER = 2000  # L-BFGS iterations, at most
@@ -71,7 +75,8 @@ class Laplace:
 
 
 def laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
-    """The Laplace approximation of ``problem``'s posterior (continuous sites only), found by
+    """The Laplace approximation of ``problem``'s posterior of its continuous sites (discrete
+    sites summed out: the mode of the marginal posterior, which EM also climbs), found by
     L-BFGS from ``start`` (constrained values by site); a sentence saying why not where it
     does not exist or cannot be trusted (see the module's docstring). The param store is left
     as it was."""
@@ -80,18 +85,22 @@ def laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
 
 
 def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
-    q = ag.AutoLaplaceApproximation(problem.model, init_loc_fn=init_to_value(values=start))
+    discrete = list(problem.discrete_sites)
+    q = ag.AutoLaplaceApproximation(guide_model(problem), init_loc_fn=init_to_value(values=start))
     with poutine.block(), torch.no_grad():
         q()
     if q.loc.numel() > MAX_DIM:
         return f"{q.loc.numel()} unconstrained dimensions, more than {MAX_DIM} for a Hessian"
-    loss = Trace_ELBO()
+    # -log p(data, z) on the unconstrained scale (the Delta guide's log density is the
+    # Jacobian's); with the discrete sites summed out where the model has them
+    elbo = TraceEnum_ELBO(max_plate_nesting=problem.max_plate_nesting) if discrete else Trace_ELBO()
+    model = enumerated(problem) if discrete else problem.model
     lbfgs = torch.optim.LBFGS([q.loc], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-10,
                               tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         lbfgs.zero_grad()
-        value = loss.differentiable_loss(problem.model, q)
+        value = elbo.differentiable_loss(model, q)
         value.backward()
         return value
 
@@ -107,19 +116,28 @@ def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
         if not (math.isfinite(float(value.detach())) and bool(torch.isfinite(q.loc).all())):
             return "the MAP search left the region of finite density"
         gradient = q.loc.grad.detach().clone()
+        H = hessian(elbo.differentiable_loss(model, q), q.loc).detach()  # Pyro's, as in its laplace_approximation
         try:
-            gaussian = q.laplace_approximation()
+            tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)))
         except (RuntimeError, torch.linalg.LinAlgError):
             return ("the Hessian where L-BFGS stopped is not positive definite: no proper mode there (a "
                     "funnel's neck, where the density grows without bound, or a non-identified model)")
-    tril = (gaussian.scale[:, None] * gaussian.scale_tril).detach()
+        guide_trace = poutine.trace(q).get_trace()
     decrement = float((tril.T @ gradient).pow(2).sum())  # g' H^-1 g
     if not math.isfinite(decrement) or decrement > DECREMENT:
         return (f"L-BFGS stopped where the gradient still matters (Newton decrement {decrement:.2g}): "
                 "the density may grow without bound (a funnel) or the mode is not smooth")
-    with torch.no_grad():
-        values = {k: v.detach().clone() for k, v in gaussian.median().items()}
+    values = {name: site["value"].detach().clone() for name, site in guide_trace.nodes.items()
+              if site["type"] == "sample" and not site["infer"].get("is_auxiliary")}
     return Laplace(values, q.loc.detach().clone(), tril)
+
+
+def guide_model(problem: Problem, model: Any = None) -> Any:
+    """The model an autoguide is built on: ``model`` (default ``problem.model``) with the
+    problem's discrete sites hidden (they are summed out of the ELBO, not guided)."""
+    model = model or problem.model
+    discrete = list(problem.discrete_sites)
+    return poutine.block(model, hide=discrete) if discrete else model
 
 
 class WhitenedMultivariateNormal(ag.AutoMultivariateNormal):
