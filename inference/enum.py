@@ -63,7 +63,7 @@ def _only_discrete(problem: Problem, *, seed: int, num_samples: int, num_chains:
 
 def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps: int, lr: float,
         lr_decay: float, converge: bool, checkpoint: str, checkpoint_every: int, num_particles: int, num_samples: int, num_chains: int,
-        num_elbo_particles: int, progress: bool | None) -> Fit:
+        num_elbo_particles: int, progress: bool | None, jit: bool) -> Fit:
     """Fit the guide with the discrete sites enumerated, then rebuild their draws."""
     temperature = 0 if assignments == "map" else 1
     if all(s.discrete for s in problem.sites.values()):
@@ -71,7 +71,7 @@ def fit(problem: Problem, *, seed: int, guide: str, assignments: str, num_steps:
                               temperature=temperature)
     trained = svi.fit_guide(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr,
                             lr_decay=lr_decay, num_particles=num_particles, progress=progress, converge=converge,
-                            checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, jit=jit)
     continuous = sample_vectorised(problem, trained.guide, num_chains * num_samples)
     draws = {**continuous, **discrete_draws(problem, continuous, temperature)} if temperature == 0 \
         else complete_draws(problem, continuous)

@@ -48,7 +48,7 @@ def refuses(problem: Problem, options: Mapping[str, Any]) -> str | None:
 
 
 def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles: int,
-        num_samples: int, num_chains: int, num_steps: int, lr: float, progress=None) -> Fit:
+        num_samples: int, num_chains: int, num_steps: int, lr: float, jit: bool, progress=None) -> Fit:
     """Weight ``num_particles`` proposal draws and resample ``num_chains x num_samples``.
 
     Raises
@@ -60,7 +60,7 @@ def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles
     proposal = resolved_proposal(problem, proposal)
     if proposal == "guide":
         q, _ = svi.train(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr,
-                         lr_decay=svi.SVI_OPTIONS["lr_decay"], num_particles=1, progress=progress)
+                         lr_decay=svi.SVI_OPTIONS["lr_decay"], num_particles=1, progress=progress, jit=jit)
     else:
         q = prior(problem)
     seed_all(seed + 1)
@@ -91,7 +91,7 @@ BACKEND = Backend(
     name="importance",
     fit=fit,
     options={"proposal": "auto", "guide": "mean_field", "num_particles": 20000, "num_samples": 1000,
-             "num_chains": 4, "num_steps": 5000, "lr": 0.05, "progress": None},
+             "num_chains": 4, "num_steps": 5000, "lr": 0.05, "jit": False, "progress": None},
     choices={"proposal": ("auto", "prior", "guide"), "guide": tuple(g for g in svi.GUIDES if g != "delta")},
     summary="self-normalised importance sampling from the prior or a fitted guide",
     applicable=needs_continuous,

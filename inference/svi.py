@@ -10,10 +10,11 @@ Discrete latent sites are summed out exactly (TraceEnum_ELBO, the guide covering
 continuous sites only) and their draws rebuilt with ``infer_discrete``. By default training
 stops by the convergence rule of `fit_guide` (``num_steps`` is a cap); the ELBO is re-estimated
 at the end with many draws of the guide. By default a Gaussian guide (``mean_field``,
-``diag``, ``full_rank``) on a model without discrete sites starts at the Laplace
-approximation and moves in the Laplace covariance's whitened coordinates
+``diag``, ``full_rank``) starts at the Laplace approximation (of the marginal posterior where
+discrete sites are summed out) and moves in the Laplace covariance's whitened coordinates
 (`inference.laplace`); the diagnostics' ``start`` says where it started and, if the Laplace
-start was refused, why.
+start was refused, why. A model's own start (``Backends.start``: EM for ``mixture_ppca``)
+takes precedence.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer import autoguide as ag
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import PyroOptim
@@ -52,7 +53,7 @@ from zoo.inference.common import (
     to_chains,
 )
 from zoo.inference.flows import coupling_guide
-from zoo.inference.laplace import WARM_GUIDES, Laplace, WhitenedMultivariateNormal, laplace, warm
+from zoo.inference.laplace import WARM_GUIDES, Laplace, WhitenedMultivariateNormal, guide_model, laplace, warm
 
 GUIDES = {
     "mean_field": ag.AutoNormal,
@@ -68,21 +69,33 @@ GUIDES = {
 def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: float, lr_decay: float,
           num_particles: int, progress: bool | None, converge: bool = True, checkpoint: str = "",
           checkpoint_every: int = 100, model: Callable[..., Any] | None = None,
-          average: Callable[[torch.Tensor], None] | None = None) -> Trained:
+          average: Callable[[torch.Tensor], None] | None = None, jit: bool = False) -> Trained:
     """Fit a guide of family ``guide`` by maximising the ELBO.
 
     ``converge=True``: the convergence rule of `Schedule`: Adam at ``lr`` until the windowed
     ELBO stops improving, then steps measured in the guide's own sds, and the run ends when
     the averaged iterates stay put to within `TOLERANCE` guide sds; ``num_steps`` caps the
     whole. Easy posteriors stop early, slow ones run longer, and the steps used are reported.
-    A Gaussian guide (`laplace.WARM_GUIDES`) on a model without discrete sites starts at the
-    Laplace approximation found from the optimiser's start (`laplace.laplace`; refused, with
-    the reason in `Trained.start`, where there is no proper mode) and skips the search; it
+    A Gaussian guide (`laplace.WARM_GUIDES`) starts at the Laplace approximation found from
+    the optimiser's start (`laplace.laplace`, discrete sites summed out; refused, with the
+    reason in `Trained.start`, where there is no proper mode) and skips the search; it
     moves in the whitened coordinates of the Laplace covariance (a full-rank guide is written
     in them, `laplace.WhitenedMultivariateNormal`; a mean-field guide's locations are stepped
-    in them by `Adam`'s ``whiten``), so strong correlations no longer slow it.
+    in them by `Adam`'s ``whiten``), so strong correlations no longer slow it. On
+    ``gaussian_mixture`` (enumerated assignments) that took 2700 steps where the search from
+    the best prior draw took 6100, to the same log-likelihood. A model's own start
+    (``Backends.start``) is kept as it is, without the Laplace step: on ``mixture_ppca``, from
+    EM's estimate, the Laplace start left the mean-field guide 56 of its sds from its optimum
+    in W (a mean-field guide shrinks W against z; the MAP does not), and the run took the whole
+    10000-step cap where EM's start alone converged in 9200 steps.
     ``converge=False``: exactly ``num_steps`` steps with the rate decaying geometrically to
     ``lr * lr_decay``.
+
+    ``jit=True``: Pyro's compiled ELBO (``JitTrace_ELBO``, ``JitTraceEnum_ELBO``), traced once
+    by ``torch.jit``: the same estimator, fewer Python calls a step (with the assignments
+    enumerated: 4.7 against 8.8 ms a step on ``mixture_ppca``, the same steps to converge). The
+    trace freezes Python control flow, so a model must not branch on a latent value (``if
+    mu > 0:``); the catalogue's mixtures set it in their ``Backends.options``.
 
     ``checkpoint`` (a file path): every ``checkpoint_every`` steps the guide's parameters, the
     optimiser's state, the schedule's state, the random number generators' state and the ELBO
@@ -115,15 +128,15 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
         q = problem.spec.backends.guides[guide](problem)
     else:  # an autoguide over the continuous sites; the discrete ones are enumerated
         values = optimiser_start(problem, seed)
-        if converge and not discrete and GUIDES[guide] in WARM_GUIDES:
+        if converge and GUIDES[guide] in WARM_GUIDES and problem.spec.backends.start is None:
             start = laplace(problem, values)
+        guided = guide_model(problem, model)
         if not isinstance(start, Laplace):
-            q = GUIDES[guide](poutine.block(model, hide=discrete) if discrete else model,
-                              init_loc_fn=init_to_value(values=values))
+            q = GUIDES[guide](guided, init_loc_fn=init_to_value(values=values))
         elif guide == "full_rank":
-            q = WhitenedMultivariateNormal(model, start)
+            q = WhitenedMultivariateNormal(guided, start)
         else:
-            q = GUIDES[guide](model, init_loc_fn=init_to_value(values=start.values))
+            q = GUIDES[guide](guided, init_loc_fn=init_to_value(values=start.values))
             with poutine.block(), torch.no_grad():
                 q()
             warm(q, start)
@@ -133,18 +146,22 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     args = {"lr": 0.0 if warmed else lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)}
     optim = Adam(args, average, whiten)
     schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q), search=not warmed) if converge else None
-    elbo = TraceEnum_ELBO if discrete else Trace_ELBO
-    svi = SVI(enumerated(problem) if discrete else model, q, optim,
-              elbo(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                   max_plate_nesting=problem.max_plate_nesting))
+    elbo = ((JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if discrete else (JitTrace_ELBO if jit else Trace_ELBO))(
+        num_particles=num_particles, vectorize_particles=num_particles > 1,
+        max_plate_nesting=problem.max_plate_nesting, **({"ignore_jit_warnings": True} if jit else {}))
+    objective = enumerated(problem) if discrete else model
+    svi = SVI(objective, q, optim, elbo)
     trace: list[float] = []
     ckpt = Checkpoint(checkpoint, run_key(problem, {
         "guide": guide, "seed": seed, "num_steps": num_steps, "lr": lr, "lr_decay": lr_decay,
-        "num_particles": num_particles, "converge": converge})) if checkpoint else None
+        "num_particles": num_particles, "converge": converge, **({"jit": True} if jit else {})})) if checkpoint else None
     done = False
     if ckpt is not None and ckpt.path.exists():
         with poutine.block(), torch.no_grad():
             q()  # creates the guide's parameters, to be overwritten by the checkpoint's
+        if jit:  # compile first: tracing draws random numbers the restored generators must not give
+            with pyro.validation_enabled(False):
+                elbo.differentiable_loss(objective, q)
         trace, done = ckpt.restore(optim, schedule)
     with pyro.validation_enabled(False):
         for step in tqdm(range(len(trace), num_steps if not done else 0), desc=f"svi {guide}",
@@ -200,7 +217,7 @@ class Trained:
         sds per step) and ``final_scale_rate`` (that of its other parameters).
     start : ``"laplace"`` (the Laplace start), ``"best prior draw (<why the Laplace start was
         refused>)"``, or empty where the Laplace start does not apply (other guide families,
-        discrete sites, a fixed schedule).
+        a model's own start, a fixed schedule).
     """
 
     guide: Any
@@ -586,11 +603,11 @@ def elbo_estimate(problem: Problem, guide: Any, num: int) -> tuple[float, float,
 
 def fit(problem: Problem, *, seed: int, guide: str, num_steps: int, lr: float, lr_decay: float,
         converge: bool, checkpoint: str, checkpoint_every: int, num_particles: int, num_samples: int, num_chains: int, num_elbo_particles: int,
-        progress: bool | None) -> Fit:
+        progress: bool | None, jit: bool) -> Fit:
     """Fit the guide, then draw ``num_chains x num_samples`` samples from it."""
     trained = fit_guide(problem, guide=guide, seed=seed, num_steps=num_steps, lr=lr, lr_decay=lr_decay,
                         num_particles=num_particles, progress=progress, converge=converge,
-                        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                        checkpoint=checkpoint, checkpoint_every=checkpoint_every, jit=jit)
     draws = complete_draws(problem, sample_vectorised(problem, trained.guide, num_chains * num_samples))
     return Fit(posterior=to_chains(draws, num_chains),
                diagnostics=training_diagnostics(problem, trained, guide, num_steps, num_elbo_particles),
@@ -635,10 +652,16 @@ def convergence_note(trained: Trained, num_steps: int) -> str:
     return f"not converged: stopped at the step cap num_steps={num_steps}{detail}; raise num_steps"
 
 
+JIT_ELBO: dict[str, dict[str, bool]] = {"svi": {"jit": True}, "enum": {"jit": True}, "importance": {"jit": True}}
+"""``Backends.options`` for a model whose ELBO may be compiled (Pyro's ``JitTraceEnum_ELBO``):
+one that never branches in Python on a latent value. Measured on the catalogue's mixtures
+(assignments enumerated): the same steps to converge, 1.75-1.9 times faster a run."""
+
+
 SVI_OPTIONS: dict[str, Any] = {
     "guide": "mean_field", "num_steps": 10000, "lr": 0.05, "lr_decay": 0.02, "converge": True,
     "checkpoint": "", "checkpoint_every": 100, "num_particles": 1,
-    "num_samples": 1000, "num_chains": 4, "num_elbo_particles": 2000, "progress": None,
+    "num_samples": 1000, "num_chains": 4, "num_elbo_particles": 2000, "progress": None, "jit": False,
 }
 
 BACKEND = Backend(

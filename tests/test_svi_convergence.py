@@ -60,6 +60,52 @@ def test_the_laplace_start_is_the_exact_posterior_of_a_gaussian_model():
     np.testing.assert_allclose(start.covariance.numpy(), cov, rtol=1e-6)
 
 
+def user_two_groups(x):
+    """Two groups at -mu and +mu with a shared noise sd, each point's group unknown: a
+    discrete site per point, enumerated as Pyro's mixture tutorials do."""
+    mu = pyro.sample("mu", dist.Normal(0., 10.))
+    sigma = pyro.sample("sigma", dist.HalfNormal(5.))
+    with pyro.plate("data", len(x)):
+        group = pyro.sample("group", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(mu * (2 * group - 1), sigma), obs=x)
+
+
+def test_the_laplace_start_sums_out_discrete_sites():
+    """With a discrete site the Laplace start is that of the marginal posterior of the
+    continuous sites (the groups summed out): its mode and the inverse Hessian of -log p on
+    the unconstrained scale (mu, log sigma), against scipy's optimiser and central finite
+    differences of the same density written in numpy."""
+    from scipy import optimize, stats
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(1)
+    x = np.where(rng.random(60) < 0.3, 2.0, -2.0) + 0.8 * rng.normal(size=60)
+
+    def minus_log_p(u):  # u = (mu, log sigma); log sigma's Jacobian is + log sigma
+        mu, sigma = u[0], np.exp(u[1])
+        lik = logsumexp([np.log(0.3) + stats.norm.logpdf(x, mu, sigma),
+                         np.log(0.7) + stats.norm.logpdf(x, -mu, sigma)], axis=0).sum()
+        return -(stats.norm.logpdf(mu, 0, 10) + stats.halfnorm.logpdf(sigma, scale=5) + u[1] + lik)
+
+    mode = optimize.minimize(minus_log_p, [1.0, 0.0], method="BFGS", options={"gtol": 1e-10}).x
+    h, eye = 1e-4, np.eye(2)
+    hess = np.array([[(minus_log_p(mode + h * (eye[i] + eye[j])) - minus_log_p(mode + h * (eye[i] - eye[j]))
+                       - minus_log_p(mode - h * (eye[i] - eye[j])) + minus_log_p(mode - h * (eye[i] + eye[j])))
+                      / (4 * h * h) for j in range(2)] for i in range(2)])
+    zoo.register("user_two_groups", user_two_groups, data={"x": x}, overwrite=True)
+    with float64():
+        problem = prepare(zoo.get_model("user_two_groups"), {"x": x})
+        start = laplace(problem, {"mu": torch.tensor(1.0), "sigma": torch.tensor(1.0)})
+    assert isinstance(start, Laplace), start
+    np.testing.assert_allclose(start.loc.numpy(), mode, atol=1e-5)
+    np.testing.assert_allclose(float(start.values["sigma"]), np.exp(mode[1]), rtol=1e-5)
+    np.testing.assert_allclose(start.covariance.numpy(), np.linalg.inv(hess), rtol=1e-4)
+    # enum starts there; the Bernoulli site's draws are conditioned as floats, as it draws them
+    res = zoo.run("user_two_groups", "enum", seed=0, num_steps=200, num_samples=100)
+    assert res.diagnostics["start"] == "laplace"
+    assert set(np.unique(res.idata.posterior["group"].values)) == {0.0, 1.0}
+
+
 def test_default_svi_holds_the_means_of_a_strongly_correlated_posterior():
     """From the Laplace start, with its steps whitened by the Laplace covariance, default
     (mean-field) svi keeps the exact means (within 0.25 sd) and reaches the mean-field
@@ -78,16 +124,18 @@ def test_default_svi_holds_the_means_of_a_strongly_correlated_posterior():
     np.testing.assert_allclose(w.std(0), 1 / np.sqrt(np.diag(precision)), rtol=0.1)
     # full-rank: written in the Laplace start's whitened coordinates; its draws, and Pyro's
     # median() and quantiles() of the trained guide, are in the model's own
-    res = zoo.run("user_line", "svi", seed=0, guide="full_rank")
-    assert res.diagnostics["start"] == "laplace" and res.diagnostics["converged"] is True
-    w = res.draws("w")
-    assert np.all(np.abs(w.mean(0) - mean) / sd < 0.25) and np.allclose(w.std(0) / sd, 1, atol=0.1)
     with float64():
         problem = prepare(zoo.get_model("user_line"), data)
-        q, _ = svi.train(problem, guide="full_rank", seed=0, progress=False, **{
+        trained = svi.fit_guide(problem, guide="full_rank", seed=0, progress=False, **{
             k: svi.SVI_OPTIONS[k] for k in ("num_steps", "lr", "lr_decay", "num_particles")})
+        q = trained.guide
+        pyro.set_rng_seed(0)
+        with torch.no_grad():
+            w = q.get_posterior().sample((4000,)).numpy()  # the latent vector is w (real support)
         median = q.median()["w"].detach().numpy()
         lower, upper = (v.detach().numpy() for v in q.quantiles([0.1587, 0.8413])["w"])
+    assert trained.start == "laplace" and trained.converged is True
+    assert np.all(np.abs(w.mean(0) - mean) / sd < 0.25) and np.allclose(w.std(0) / sd, 1, atol=0.1)
     assert np.all(np.abs(median - mean) / sd < 0.25) and np.allclose((upper - lower) / 2 / sd, 1, atol=0.1)
 
 
@@ -198,3 +246,26 @@ def test_the_convergence_rule_resumes_bit_identically(tmp_path, monkeypatch):
     resumed = zoo.run("normal_known_variance", "svi", seed=0, checkpoint=str(tmp_path / "svi.pt"), **opts)
     assert resumed.diagnostics["elbo_trace"] == fresh.diagnostics["elbo_trace"]
     np.testing.assert_array_equal(resumed.draws("mu"), fresh.draws("mu"))
+
+
+def test_a_compiled_elbo_resumes_bit_identically(tmp_path, monkeypatch):
+    """The catalogue's mixtures train with Pyro's compiled ELBO (``jit``, `JIT_ELBO`); a run
+    killed after its first checkpoint resumes to the same ELBO trace and draws (the compiled
+    function is traced again on resume and draws the same random numbers)."""
+    assert zoo.get_model("gaussian_mixture").backends.options["enum"]["jit"] is True
+    opts = {"converge": False, "num_steps": 300, "num_samples": 20, "num_chains": 1,
+            "num_elbo_particles": 20, "checkpoint_every": 100, "progress": False}
+    fresh = zoo.run("gaussian_mixture", "enum", seed=0, **opts)
+    save = svi.Checkpoint.save
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(svi.Checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.run("gaussian_mixture", "enum", seed=0, checkpoint=str(tmp_path / "enum.pt"), **opts)
+    monkeypatch.undo()
+    resumed = zoo.run("gaussian_mixture", "enum", seed=0, checkpoint=str(tmp_path / "enum.pt"), **opts)
+    assert resumed.diagnostics["elbo_trace"] == fresh.diagnostics["elbo_trace"]
+    np.testing.assert_array_equal(resumed.draws("locs"), fresh.draws("locs"))
