@@ -31,6 +31,7 @@ NO_CHAIN_GROUPS = ("observed_data", "constant_data")
 MAX_SCALARS = 6  # scalars shown in a trace, rank or density plot (the first of each site first)
 PAIR_SCALARS = 3  # scalars in a pair plot
 FIGURE_WIDTH = 10.0  # inches: a page
+ELBO_PANELS = 3  # optimisation-trace panels to a row (7 in one row overlapped their labels)
 
 
 @contextmanager
@@ -414,14 +415,19 @@ def coordinate_pit(idata: az.InferenceData, var: str) -> dict[str, np.ndarray]:
 
 def plot_elbo(curves: Mapping[str, np.ndarray], title: str, log_evidence: float | None = None,
               ylabel: str = "ELBO") -> Any:
-    """One panel per back-end: its optimisation trace (ELBO per step) and a 50-step running
-    mean, against the exact log evidence (the ELBO's ceiling) where known. The y axis shows
-    the last 80% of steps, where the noise and the gap are visible."""
+    """One panel per back-end, `ELBO_PANELS` to a row: its optimisation trace (ELBO per step)
+    and a 50-step running mean, against the exact log evidence (the ELBO's ceiling) where
+    known, with one legend under the panels. The y axis shows the last 80% of steps, where the
+    noise and the gap are visible."""
     import matplotlib.pyplot as plt
 
     names = list(curves)
-    fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(min(FIGURE_WIDTH, 4.5 * len(names) + 1), 3.8))
-    for name, ax in zip(names, axes[0]):
+    rows, columns = -(-len(names) // ELBO_PANELS), min(len(names), ELBO_PANELS)
+    fig, axes = plt.subplots(rows, columns, squeeze=False,
+                             figsize=(min(FIGURE_WIDTH, 4.5 * columns + 1), 3.2 * rows + 0.8))
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    for name, ax in zip(names, axes.ravel()):
         y = np.asarray(curves[name], dtype=float)
         steps = np.arange(1, len(y) + 1)
         ax.plot(steps, y, lw=0.6, color="C0", alpha=0.6, label=ylabel)
@@ -439,8 +445,10 @@ def plot_elbo(curves: Mapping[str, np.ndarray], title: str, log_evidence: float 
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(name)
-        ax.legend()
-    return _finish(fig, title)
+    labels: dict[str, Any] = {}  # one legend entry per label, from the first panel that has it
+    for line in (line for ax in axes.ravel()[:len(names)] for line in ax.lines):
+        labels.setdefault(line.get_label(), line)
+    return _legend_below(fig, list(labels.values()), list(labels), title)
 
 
 def _legend_below(fig: Any, handles: Sequence[Any], labels: Sequence[str], title: str) -> Any:
