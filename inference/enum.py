@@ -87,5 +87,6 @@ BACKEND = Backend(
     choices={"guide": tuple(svi.GUIDES), "assignments": ("sample", "map")},
     summary="discrete latents summed out exactly (TraceEnum_ELBO); assignments by infer_discrete",
     applicable=applicable,
+    refuses=svi.refuses,
     quick={"num_steps": 30, "num_samples": 20, "num_chains": 2, "num_elbo_particles": 100},
 )

@@ -41,10 +41,10 @@ def resolved_proposal(problem: Problem, proposal: str) -> str:
 
 
 def refuses(problem: Problem, options: Mapping[str, Any]) -> str | None:
-    """A prior proposal needs a proper prior."""
+    """A prior proposal needs a proper prior; a guide proposal, a guide svi would fit."""
     if resolved_proposal(problem, options["proposal"]) == "prior":
         return problem.proper_prior("importance sampling with proposal='prior'")
-    return None
+    return svi.refuses(problem, options)
 
 
 def fit(problem: Problem, *, seed: int, proposal: str, guide: str, num_particles: int,

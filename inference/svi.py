@@ -19,7 +19,7 @@ takes precedence.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -664,6 +664,18 @@ SVI_OPTIONS: dict[str, Any] = {
     "num_samples": 1000, "num_chains": 4, "num_elbo_particles": 2000, "progress": None, "jit": False,
 }
 
+def refuses(problem: Problem, options: Mapping[str, Any]) -> str | None:
+    """The ``laplace`` guide on a model with discrete sites: Pyro's ``laplace_approximation``
+    forms its Hessian on a replay of the model that samples those sites instead of summing
+    them out, the Hessian of another function (on gaussian_mixture it was not even positive
+    definite)."""
+    if options.get("guide") == "laplace" and problem.discrete_sites:
+        return (f"guide 'laplace' (Pyro's laplace_approximation) samples the discrete sites "
+                f"{', '.join(problem.discrete_sites)} where the Hessian needs them summed out; guide "
+                "'full_rank' starts at the Laplace approximation of the marginal posterior")
+    return None
+
+
 BACKEND = Backend(
     name="svi",
     fit=fit,
@@ -671,4 +683,5 @@ BACKEND = Backend(
     choices={"guide": tuple(GUIDES)},
     summary="stochastic variational inference; guide families " + ", ".join(GUIDES),
     applicable=needs_continuous,
+    refuses=refuses,
 )

@@ -94,6 +94,15 @@ def test_inapplicable_backend_says_why_and_which_apply():
         zoo.run("bayesian_linear_regression", "exact", hyper={"prior": "laplace"})
 
 
+@pytest.mark.parametrize("backend", ["svi", "enum", "importance"])
+def test_the_laplace_guide_is_refused_where_discrete_sites_are_summed_out(backend):
+    """Pyro's laplace_approximation forms the Hessian on a replay that samples the assignments
+    (on this model it raised a bare LinAlgError; where that Hessian happens to be positive
+    definite it would be the curvature of another function). Refused before any training."""
+    with pytest.raises(zoo.ZooError, match=f"'gaussian_mixture', back-end '{backend}'.*guide 'laplace'.*assignment"):
+        zoo.run("gaussian_mixture", backend, guide="laplace")
+
+
 @pytest.mark.parametrize("backend, options, words", [
     ("nuts", {"num_samples": 0}, ["num_samples", "positive integer", "0"]),
     ("nuts", {"num_chains": -2}, ["num_chains", "-2"]),
