@@ -664,6 +664,7 @@ SVI_OPTIONS: dict[str, Any] = {
     "num_samples": 1000, "num_chains": 4, "num_elbo_particles": 2000, "progress": None, "jit": False,
 }
 
+
 def refuses(problem: Problem, options: Mapping[str, Any]) -> str | None:
     """The ``laplace`` guide on a model with discrete sites: Pyro's ``laplace_approximation``
     forms its Hessian on a replay of the model that samples those sites instead of summing
