@@ -23,7 +23,15 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import config_enumerate, infer_discrete
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    config_enumerate,
+    infer_discrete,
+)
 from pyro.infer.autoguide.initialization import init_to_sample
 from pyro.infer.mcmc.util import initialize_model
 
@@ -212,6 +220,16 @@ def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
 def enumerated(problem: Problem) -> Callable[..., Any]:
     """The model with every discrete site enumerated in parallel (for marginalisation)."""
     return config_enumerate(problem.model, default="parallel")
+
+
+def elbo_for(problem: Problem, *, jit: bool = False, **options: Any) -> ELBO:
+    """The ELBO of ``problem``'s guides: ``TraceEnum_ELBO`` (discrete sites summed out, on
+    `enumerated`) where it has discrete sites, else ``Trace_ELBO``; Pyro's compiled
+    (``JitTrace*``) variant with ``jit``. ``options`` go to the ELBO."""
+    discrete = bool(problem.discrete_sites)
+    kind = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if discrete else (JitTrace_ELBO if jit else Trace_ELBO)
+    compiled = {"ignore_jit_warnings": True} if jit else {}
+    return kind(max_plate_nesting=problem.max_plate_nesting, **options, **compiled)
 
 
 def _one_draw(problem: Problem, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -12,10 +12,11 @@ out of that loss (``TraceEnum_ELBO``, as ``enum`` and svi do), so on a mixture t
 the mode of the marginal posterior of the continuous sites. A Gaussian guide then starts at
 that Gaussian: a full-rank guide at its mean and covariance, a mean-field one at its mean with
 the sds 1/sqrt(H_ii) (a mean-field Gaussian's optimum for a Gaussian posterior). For a
-Gaussian posterior that is the ELBO's optimum; elsewhere SVI moves on from it (`svi.Schedule`) in the whitened coordinates
-of this covariance, so that strong correlations no longer slow it: a full-rank guide is
-written in them (`WhitenedMultivariateNormal`), a mean-field guide's locations step in them
-(`svi.Adam`'s ``whiten``; its scales stay per coordinate, as the family requires).
+Gaussian posterior that is the ELBO's optimum; elsewhere SVI moves on from it
+(`svi.Schedule`) in the whitened coordinates of this covariance, so that strong correlations
+no longer slow it: a full-rank guide is written in them (`WhitenedMultivariateNormal`), a
+mean-field guide's locations step in them (`svi.Adam`'s ``whiten``; its scales stay per
+coordinate, as the family requires).
 
 The start is refused, and svi starts from the best of its prior draws as before (saying why
 in its diagnostics' ``start``), where no proper mode is found: the L-BFGS search fails on a
@@ -36,7 +37,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer import autoguide as ag
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import init_to_value
@@ -44,7 +44,7 @@ from pyro.ops.hessian import hessian
 from torch.distributions import transform_to
 
 from zoo.core.problem import Problem
-from zoo.inference.common import enumerated
+from zoo.inference.common import elbo_for, enumerated
 
 MAX_DIM = 1000  # the most unconstrained latent dimensions for which a Hessian is formed
 MAX_ITER = 2000  # L-BFGS iterations, at most
@@ -85,7 +85,6 @@ def laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
 
 
 def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
-    discrete = list(problem.discrete_sites)
     q = ag.AutoLaplaceApproximation(guide_model(problem), init_loc_fn=init_to_value(values=start))
     with poutine.block(), torch.no_grad():
         q()
@@ -93,8 +92,8 @@ def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
         return f"{q.loc.numel()} unconstrained dimensions, more than {MAX_DIM} for a Hessian"
     # -log p(data, z) on the unconstrained scale (the Delta guide's log density is the
     # Jacobian's); with the discrete sites summed out where the model has them
-    elbo = TraceEnum_ELBO(max_plate_nesting=problem.max_plate_nesting) if discrete else Trace_ELBO()
-    model = enumerated(problem) if discrete else problem.model
+    elbo = elbo_for(problem)
+    model = enumerated(problem) if problem.discrete_sites else problem.model
     lbfgs = torch.optim.LBFGS([q.loc], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-10,
                               tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
 
@@ -109,14 +108,14 @@ def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
         warnings.filterwarnings("ignore", message="Encountered NaN")
         try:
             lbfgs.step(closure)
-            value = closure()
+            value = elbo.differentiable_loss(model, q)
         except (ValueError, RuntimeError, IndexError) as e:  # a NaN or inf on the way (torch's
             # strong-Wolfe search raises IndexError when it meets one): no usable MAP point
             return f"the MAP search failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         if not (math.isfinite(float(value.detach())) and bool(torch.isfinite(q.loc).all())):
             return "the MAP search left the region of finite density"
-        gradient = q.loc.grad.detach().clone()
-        H = hessian(elbo.differentiable_loss(model, q), q.loc).detach()  # Pyro's, as in its laplace_approximation
+        (gradient,) = torch.autograd.grad(value, q.loc, retain_graph=True)
+        H = hessian(value, q.loc).detach()  # Pyro's, as in its laplace_approximation
         try:
             tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)))
         except (RuntimeError, torch.linalg.LinAlgError):

@@ -29,7 +29,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import SVI
 from pyro.infer import autoguide as ag
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import PyroOptim
@@ -43,6 +43,7 @@ from zoo.core.problem import Problem
 from zoo.core.spec import Backend, Fit
 from zoo.inference.common import (
     complete_draws,
+    elbo_for,
     enumerated,
     importance_weights,
     needs_continuous,
@@ -146,15 +147,14 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     args = {"lr": 0.0 if warmed else lr, "lrd": 1.0 if converge else lr_decay ** (1 / num_steps)}
     optim = Adam(args, average, whiten)
     schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q), search=not warmed) if converge else None
-    elbo = ((JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if discrete else (JitTrace_ELBO if jit else Trace_ELBO))(
-        num_particles=num_particles, vectorize_particles=num_particles > 1,
-        max_plate_nesting=problem.max_plate_nesting, **({"ignore_jit_warnings": True} if jit else {}))
+    elbo = elbo_for(problem, jit=jit, num_particles=num_particles, vectorize_particles=num_particles > 1)
     objective = enumerated(problem) if discrete else model
     svi = SVI(objective, q, optim, elbo)
     trace: list[float] = []
     ckpt = Checkpoint(checkpoint, run_key(problem, {
         "guide": guide, "seed": seed, "num_steps": num_steps, "lr": lr, "lr_decay": lr_decay,
-        "num_particles": num_particles, "converge": converge, **({"jit": True} if jit else {})})) if checkpoint else None
+        "num_particles": num_particles, "converge": converge,
+        **({"jit": True} if jit else {})})) if checkpoint else None
     done = False
     if ckpt is not None and ckpt.path.exists():
         with poutine.block(), torch.no_grad():
