@@ -36,7 +36,7 @@ from zoo.core.problem import (
 )
 from zoo.core.spec import Backend, Backends, DataKey, ExactPosterior, ModelSpec, Reference, StoredReference
 from zoo.inference.common import seed_all
-from zoo.results import Comparison, Result, execute, scored_sites
+from zoo.results import Comparison, Draws, Result, execute, execute_draws, scored_sites
 
 EXACT_REFERENCE_DRAWS = 20000
 
@@ -223,6 +223,31 @@ def run(name: str, backend: str | None = None, data: Mapping[str, Any] | None = 
         for any bad input, before inference starts.
     """
     seed = check_seed(seed)
+    problem, b, opts, label, truth = checked_run(name, backend, data, hyper, truth, options)
+    return execute(problem, b, opts, seed, label, truth)
+
+
+def run_draws(name: str, backend: str | None = None, data: Mapping[str, Any] | None = None, seed: int = 0,
+              hyper: Mapping[str, Any] | None = None, **options: Any) -> Draws:
+    """`run`'s draws without the rest of a `Result` (InferenceData, LOO, scores): the same
+    checks, fit and draws for the same seed, for callers that run many fits and read only the
+    draws (SBC's simulations, Thompson sampling's refits). Parameters as in `run`."""
+    seed = check_seed(seed)
+    problem, b, opts, label, _ = checked_run(name, backend, data, hyper, None, options)
+    return execute_draws(problem, b, opts, seed, label)
+
+
+def checked_run(name: str, backend: str | None, data: Mapping[str, Any] | None,
+                hyper: Mapping[str, Any] | None, truth: Mapping[str, Any] | None,
+                options: Mapping[str, Any]) -> tuple[Problem, Backend, dict, str, Mapping[str, Any] | None]:
+    """Everything `run` checks before inference starts: the problem, the back-end, its
+    options (the model's defaults under the user's), its label and the truth.
+
+    Raises
+    ------
+    ZooError
+        for any bad input, or a back-end that does not apply (naming those that do).
+    """
     spec = registry.get_model(name)
     if backend is not None:
         registry.get_backend(spec, registry.parse_label(backend)[0])  # an unknown back-end before the data
@@ -235,7 +260,7 @@ def run(name: str, backend: str | None = None, data: Mapping[str, Any] | None = 
         applicable = [k for k, x in registry.backends_for(spec).items() if not registry.not_applicable(problem, x)]
         raise ZooError(f"model {name!r}: back-end {label!r} does not apply: {reason}. "
                        f"Back-ends that apply: {', '.join(applicable)}")
-    return execute(problem, b, opts, seed, label, truth)
+    return problem, b, opts, label, truth
 
 
 def compare(name: str, backends: Sequence[str] | None = None, data: Mapping[str, Any] | None = None,

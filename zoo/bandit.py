@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from zoo import registry
-from zoo.api import run
+from zoo.api import run_draws
 from zoo.core.errors import ZooError, unknown_name
 from zoo.core.files import atomic_write
 from zoo.core.problem import check_hyper, check_int, check_options, prepare
@@ -28,7 +28,7 @@ POLICIES = ("thompson", "ucb1", "epsilon_greedy")
 COLUMNS = ["round", "arm", "reward", "regret", "cumulative_regret"]
 MODEL = "bernoulli_bandit"
 # Small settings for the posterior refits of Thompson sampling on an approximate back-end
-# (each refit is a full `zoo.run`); override them with keywords.
+# (each refit is `zoo.run`'s fit, through `zoo.api.run_draws`); override them with keywords.
 REFIT_OPTIONS: dict[str, dict[str, Any]] = {
     "nuts": {"num_samples": 200, "num_warmup": 200, "num_chains": 1},
     "hmc": {"num_samples": 200, "num_warmup": 200, "num_chains": 1},
@@ -68,9 +68,9 @@ def simulate_bandit(probs: Sequence[float], horizon: int, policy: str = "thompso
         arm with probability ``epsilon``, else the best empirical mean; ties broken at random).
     backend : where Thompson sampling's posterior comes from: ``"exact"`` (the conjugate Beta
         posterior) or any back-end of ``bernoulli_bandit`` (``nuts``, ``svi``, ``importance``,
-        ``hmc``), run by `zoo.run` on the history so far every ``refit`` rounds; its draws
-        are used one per round, in random order, until the next refit (cycling if there are
-        fewer draws than rounds). Before the first refit the draws come from the prior.
+        ``hmc``), fitted as `zoo.run` fits it (`zoo.api.run_draws`) on the history so far every
+        ``refit`` rounds; its draws are used one per round, in random order, until the next
+        refit (cycling if there are fewer draws than rounds). Before the first refit the draws come from the prior.
     seed : the same seed gives the same rounds. Rewards come from their own stream, so every
         policy meets the same reward sequence for each arm at a given seed.
     refit : update the posterior every ``refit`` rounds (the exact posterior too, so that
@@ -164,7 +164,7 @@ def thompson_draws(arm: Any, y: Any, K: int, num: int = 1000, backend: str = "ex
     num : number of draws (``exact`` and the prior; an approximate back-end returns the
         ``num_samples x num_chains`` draws of its run, in random order).
     backend : ``"exact"`` (independent Beta(alpha + successes, beta + failures) per arm) or a
-        back-end of ``bernoulli_bandit`` run by `zoo.run`.
+        back-end of ``bernoulli_bandit``, fitted as `zoo.run` fits it (`zoo.api.run_draws`).
     seed : an integer or a numpy Generator.
     hyper : ``{"alpha": ..., "beta": ...}`` of the Beta prior.
 
@@ -195,7 +195,7 @@ def _thompson_draws(arm: np.ndarray, y: np.ndarray, backend: str, rng: np.random
     if backend == "exact" or len(arm) == 0:
         alpha_n, beta_n = bernoulli_bandit.posterior_params(arm, y, prior["K"], prior["alpha"], prior["beta"])
         return rng.beta(alpha_n, beta_n, size=(num, prior["K"])), 0.0
-    res = run(MODEL, backend, data={"arm": arm, "y": y}, seed=int(rng.integers(2**31)), hyper=prior, **options)
+    res = run_draws(MODEL, backend, data={"arm": arm, "y": y}, seed=int(rng.integers(2**31)), hyper=prior, **options)
     return rng.permutation(res.draws("p")), res.seconds
 
 

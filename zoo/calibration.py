@@ -257,10 +257,10 @@ def simulation_ranks(task: Task) -> dict[str, Any]:
     spec = registry.get_model(task.model)
     data, truth = api.simulate(task.model, seed=task.seed, hyper=task.hyper)
     label, extra = registry.parse_label(task.backend)
-    result = api.run(task.model, label, data=data, seed=task.seed, hyper=task.hyper, progress=False,
-                     truth=truth, **{**extra, **task.options})
+    result = api.run_draws(task.model, label, data=data, seed=task.seed, hyper=task.hyper, progress=False,
+                           **{**extra, **task.options})
     truth = _relabelled(spec, truth)
-    sites = list(spec.latent_sites) or [k for k in result.idata.posterior.data_vars if k in truth]
+    sites = list(spec.latent_sites) or [k for k in result.posterior if k in truth]
     rng = np.random.default_rng([task.seed, 5])  # its own stream for the tie-breaks
     num = task.num_draws
     ranks: dict[str, int] = {}

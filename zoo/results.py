@@ -327,6 +327,61 @@ def global_sites(problem: Problem) -> list[str]:
     return list(spec.latent_sites) if spec.latent_sites or spec.source != "user" else list(problem.latent_sites)
 
 
+@dataclass
+class Draws:
+    """A back-end's draws without what `execute` adds to a `Result` (InferenceData, PSIS-LOO,
+    the model's scores, posterior predictive and prior draws): what a caller that runs many
+    fits and reads only the draws needs (SBC's simulations, Thompson sampling's refits).
+
+    Attributes
+    ----------
+    posterior : latent site to (chain, draw, ...) draws, relabelled (`Scoring.relabel`).
+    kind : what the draws are (`zoo.core.spec.DRAW_KINDS`).
+    seconds : wall time of the inference itself.
+    diagnostics : what the back-end measured, and r_hat_max, ess_bulk_min and ess_tail_min
+        of the scored sites, honest for ``kind`` (`zoo.scoring.mixing_summary`).
+    """
+
+    model: str
+    backend: str
+    posterior: dict[str, np.ndarray]
+    kind: str
+    seconds: float
+    diagnostics: dict[str, Any]
+
+    def draws(self, site: str) -> np.ndarray:
+        """Draws of a latent site flattened over chains: shape (chain*draw, ...)."""
+        v = self.posterior[site]
+        return v.reshape((-1,) + v.shape[2:])
+
+
+def _fit(problem: Problem, backend: Backend, options: dict, seed: int) -> tuple[Any, dict[str, np.ndarray], float]:
+    """Run ``backend`` in float64 on one thread: its `Fit`, the relabelled draws and the
+    seconds the fit alone took."""
+    relabel = problem.spec.scoring.relabel
+    with single_thread(), float64():
+        start = time.perf_counter()
+        fit = backend.fit(problem, seed=seed, **options)
+        seconds = time.perf_counter() - start
+        posterior = relabel(fit.posterior) if relabel and fit.posterior else fit.posterior
+    return fit, posterior, seconds
+
+
+def _warn(problem: Problem, label: str, kind: str, diagnostics: dict[str, Any], chains: int) -> None:
+    """Warn of divergences and, for Markov chains, of poor mixing; list the warnings in
+    ``diagnostics["warnings"]``."""
+    found = []
+    if diagnostics.get("divergences"):
+        found.append(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
+                     "divergent transitions; the draws may be biased")
+    if kind == "mcmc" and chains:
+        found += scoring.mixing_warnings(problem.name, label, diagnostics, chains)
+    for message in found:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    if found:
+        diagnostics["warnings"] = list(diagnostics.get("warnings", [])) + found
+
+
 def execute(problem: Problem, backend: Backend, options: dict, seed: int, label: str,
             truth: Mapping[str, Any] | None = None) -> Result:
     """Run ``backend`` on ``problem`` with validated ``options`` and package what it returns.
@@ -339,11 +394,8 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
     listed in ``diagnostics["warnings"]``.
     """
     spec = problem.spec
+    fit, posterior, seconds = _fit(problem, backend, options, seed)
     with single_thread(), float64():
-        start = time.perf_counter()
-        fit = backend.fit(problem, seed=seed, **options)
-        seconds = time.perf_counter() - start
-        posterior = spec.scoring.relabel(fit.posterior) if spec.scoring.relabel and fit.posterior else fit.posterior
         scores = own_scores(problem, posterior, truth, fit.guide)
         idata = packaging.package(problem, fit, posterior, label, seed)
     sites = scored_sites(problem) if posterior else []
@@ -351,20 +403,25 @@ def execute(problem: Problem, backend: Backend, options: dict, seed: int, label:
     diagnostics = scoring.diagnostics(idata, fit.kind, sites, global_sites(problem), fit.diagnostics,
                                       conditional_on=local if global_sites(problem) else [])
     diagnostics.update(fit.diagnostics, **scores)
-    found = []
-    if diagnostics.get("divergences"):
-        found.append(f"model {problem.name!r}, back-end {label!r}: {diagnostics['divergences']} "
-                     "divergent transitions; the draws may be biased")
-    if fit.kind == "mcmc" and posterior:
-        found += scoring.mixing_warnings(problem.name, label, diagnostics, idata.posterior.sizes["chain"])
-    for message in found:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    if found:
-        diagnostics["warnings"] = list(diagnostics.get("warnings", [])) + found
+    _warn(problem, label, fit.kind, diagnostics, idata.posterior.sizes["chain"] if posterior else 0)
     return Result(problem.name, label, idata, seconds, diagnostics,
                   {k: v for k, v in options.items() if k != "progress"}, seed,
                   {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in problem.np_hyper.items()},
                   scores={k: v for k, v in scores.items() if _is_scalar(v)}, kind=fit.kind, sites=sites)
+
+
+def execute_draws(problem: Problem, backend: Backend, options: dict, seed: int, label: str) -> Draws:
+    """`execute` without the packaging: the same fit, draws and seed, timed and relabelled the
+    same way, with the same warnings, and mixing diagnosed on the scored sites only (no
+    InferenceData, LOO or scores)."""
+    fit, posterior, seconds = _fit(problem, backend, options, seed)
+    diagnostics = dict(fit.diagnostics)
+    sites = scored_sites(problem) if posterior else []
+    if sites:
+        idata = arviz_io.to_idata({"posterior": {k: posterior[k] for k in sites}}, {})
+        diagnostics.update(scoring.mixing_summary(idata, sites, fit.kind, fit.diagnostics.get("weight_ess")))
+    _warn(problem, label, fit.kind, diagnostics, next(iter(posterior.values())).shape[0] if posterior else 0)
+    return Draws(problem.name, label, posterior or {}, fit.kind, seconds, diagnostics)
 
 
 def own_scores(problem: Problem, posterior: dict[str, np.ndarray], truth: Mapping[str, Any] | None,

@@ -45,6 +45,13 @@ def mixing(idata: Any, sites: list[str], kind: str, weight_ess: float | None = N
                           r_hat=np.nan)
 
 
+def mixing_summary(idata: Any, sites: list[str], kind: str, weight_ess: float | None = None) -> dict[str, float]:
+    """r_hat_max, ess_bulk_min and ess_tail_min over the latent scalars of ``sites`` (`mixing`)."""
+    scalars = mixing(idata, sites, kind, weight_ess)
+    return {"r_hat_max": float(scalars["r_hat"].max()), "ess_bulk_min": float(scalars["ess_bulk"].min()),
+            "ess_tail_min": float(scalars["ess_tail"].min())}
+
+
 R_HAT_MAX = 1.01  # Vehtari et al. (2021)
 ESS_PER_CHAIN_MIN = 100
 
@@ -82,9 +89,7 @@ def diagnostics(idata: Any, kind: str, sites: list[str], global_sites: list[str]
     """
     out: dict[str, Any] = {}
     if idata.get("posterior") is not None and sites:
-        scalars = mixing(idata, sites, kind, measured.get("weight_ess"))
-        out.update({"r_hat_max": float(scalars["r_hat"].max()), "ess_bulk_min": float(scalars["ess_bulk"].min()),
-                    "ess_tail_min": float(scalars["ess_tail"].min())})
+        out.update(mixing_summary(idata, sites, kind, measured.get("weight_ess")))
     reason = loo_reason(idata, kind, global_sites)
     if reason:
         out["loo_note"] = reason
