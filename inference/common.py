@@ -32,6 +32,7 @@ from pyro.infer import (
     config_enumerate,
     infer_discrete,
 )
+from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_sample
 from pyro.infer.mcmc.util import initialize_model
 
@@ -174,7 +175,10 @@ def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[d
 
     log q sums every sample site of ``fn`` except the model's discrete sites (a prior used as
     proposal samples those too; they are marginalised, not proposed). An autoguide's auxiliary
-    site carries its joint density, so the sum is the guide's density of the draw.
+    site carries its joint density, so the sum is the guide's density of the draw. The draws
+    are made under the outer plate (`vectorised_over`) where the model broadcasts, or where
+    ``fn`` itself does (`draws_broadcast`: a Pyro autoguide of a model that does not), else
+    one at a time.
     """
     discrete = set(problem.discrete_sites)
 
@@ -198,9 +202,41 @@ def proposal_draws(problem: Problem, fn: Callable[[], Any], num: int) -> tuple[d
         with torch.random.fork_rng(devices=[]):
             probe = [run(0, 1, "loop")[0] for _ in range(2)]
         evaluation(problem, {k: np.concatenate([p[k] for p in probe]) for k in probe[0]})
-    chunks = _chunks(num, "plate" if evaluation(problem)[0] == "plate" else "loop", run)
+    plate = evaluation(problem)[0] == "plate" or draws_broadcast(problem, fn)
+    chunks = _chunks(num, "plate" if plate else "loop", run)
     return ({k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]},
             np.concatenate([c[1] for c in chunks]))
+
+
+def draws_broadcast(problem: Problem, fn: Callable[[], Any]) -> bool:
+    """Whether ``fn``, a guide of ``problem``'s model that does not broadcast, draws right under
+    the outer plate (`vectorised_over`), as Pyro's autoguides do (Pyro vectorises their ELBO
+    particles that way): two draws made under the plate, each replayed alone with every site
+    of ``fn`` conditioned on its value, give the same values and the same log q (to rounding).
+    Only autoguides are tried; the random state is kept."""
+    if not isinstance(fn, AutoGuide):
+        return False
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), pyro.validation_enabled(False):
+        try:
+            with vectorised_over(problem, 2):
+                batch = poutine.trace(fn).get_trace()
+            sampled = {k: v for k, v in batch.nodes.items() if v["type"] == "sample" and not v["is_observed"]
+                       and not poutine.util.site_is_subsample(v)}
+            shapes = {k: v["value"].shape for k, v in poutine.trace(fn).get_trace().nodes.items() if k in sampled}
+            if set(shapes) != set(sampled):
+                return False
+            for i in range(2):
+                one = {k: v["value"].reshape((2,) + shapes[k])[i] for k, v in sampled.items()}
+                alone = poutine.trace(poutine.condition(fn, one)).get_trace()
+                for k, site in sampled.items():
+                    lp = site["fn"].log_prob(site["value"]).reshape(2, -1)[i].sum()
+                    other = alone.nodes[k]
+                    if not (torch.allclose(other["value"], one[k], rtol=1e-6, atol=1e-8)
+                            and torch.allclose(other["fn"].log_prob(other["value"]).sum(), lp, rtol=1e-6, atol=1e-8)):
+                        return False
+        except (RuntimeError, ValueError, IndexError):  # a shape the plate breaks: one draw at a time
+            return False
+    return True
 
 
 def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,

@@ -9,6 +9,7 @@ from scipy import stats
 from torch.distributions import constraints
 
 from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference, gaussian_marginals
+from zoo.inference.svi import JIT_ELBO
 
 PRIORS = ("gaussian", "laplace")
 
@@ -148,5 +149,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact", "nuts"),
+        options=JIT_ELBO,
     ),
 )

@@ -10,6 +10,7 @@ from torch.distributions import constraints
 
 from zoo.core.errors import ZooError
 from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference
+from zoo.inference.svi import JIT_ELBO
 
 
 def model(arm, y=None, N=None, K=3, alpha=1.0, beta=1.0):
@@ -108,5 +109,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

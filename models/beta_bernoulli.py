@@ -16,6 +16,7 @@ from zoo.core.spec import (
     Reference,
     exact_from_scipy,
 )
+from zoo.inference.svi import JIT_ELBO
 
 
 def model(y=None, N=None, alpha=2.0, beta=2.0):
@@ -82,5 +83,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

@@ -17,6 +17,7 @@ from zoo.core.spec import (
     Reference,
     exact_from_scipy,
 )
+from zoo.inference.svi import JIT_ELBO
 
 
 def model(x=None, N=None, alpha=(1.0, 1.0, 1.0)):
@@ -81,5 +82,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

@@ -41,7 +41,7 @@ from zoo.core.errors import ZooError
 from zoo.core.problem import DTYPE
 from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
 from zoo.inference.common import single_thread
-from zoo.inference.svi import JIT_ELBO
+from zoo.inference.svi import JIT_ELBO_ENUM
 
 ESTIMATORS = ("reinforce", "reinforce_baseline", "nvil", "gumbel_softmax", "enumeration")
 BASELINE_DECAY = 0.9
@@ -467,6 +467,6 @@ SPEC = ModelSpec(
     backends=Backends(
         default=("enumeration",),
         own=BACKENDS,
-        options=JIT_ELBO,
+        options=JIT_ELBO_ENUM,
     ),
 )

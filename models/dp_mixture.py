@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from zoo.core.errors import ZooError
 from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
-from zoo.inference.svi import JIT_ELBO
+from zoo.inference.svi import JIT_ELBO_ENUM
 
 NAME = "dp_mixture"
 STICK_EPS = 1e-12  # sticks are kept in [eps, 1 - eps] so every log density stays finite
@@ -439,7 +439,7 @@ SPEC = ModelSpec(
     backends=Backends(
         default=("gibbs",),
         own={"gibbs": GIBBS},
-        options=JIT_ELBO,
+        options=JIT_ELBO_ENUM,
         skip_by_default={"nuts": "about 8 minutes for 300+300 draws at N=500, T=10 (enumerated "
                                  "assignments); run it by naming it"},
     ),

@@ -21,7 +21,7 @@ from torch.distributions import constraints
 
 from zoo.core.errors import ZooError
 from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
-from zoo.inference.svi import JIT_ELBO
+from zoo.inference.svi import JIT_ELBO_ENUM
 
 NAME = "gaussian_mixture"
 RELABEL_NOTE = "components relabelled by increasing locs[..., 0] in every draw (label switching)"
@@ -390,7 +390,7 @@ SPEC = ModelSpec(
     backends=Backends(
         default=("em",),
         own={"em": EM_BACKEND},
-        options=JIT_ELBO,
+        options=JIT_ELBO_ENUM,
         skip_by_default={
             "nuts": "slow with the assignments enumerated: 150 + 150 draws of one chain at N=150 took "
                     "150 s on a busy 2-core machine, so the default 4 x (1000 + 1000) draws take tens of "

@@ -40,6 +40,7 @@ from zoo.core.spec import (
     Scoring,
     gaussian_marginals,
 )
+from zoo.inference.svi import JIT_ELBO
 
 NAME = "linear_gaussian_ssm"
 
@@ -474,5 +475,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

@@ -21,7 +21,7 @@ from torch.distributions import constraints
 
 from zoo.core.errors import ZooError
 from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
-from zoo.inference.svi import JIT_ELBO
+from zoo.inference.svi import JIT_ELBO_ENUM
 from zoo.models.ppca import gaussian_loglik
 
 
@@ -297,7 +297,7 @@ SPEC = ModelSpec(
     backends=Backends(
         default=("em",),
         own={"em": EM_BACKEND},
-        options=JIT_ELBO,
+        options=JIT_ELBO_ENUM,
         skip_by_default={
             "nuts": "stuck with the components enumerated (Pyro's kernel): 20 + 20 draws of one chain "
                     "at N=200 from Stan's start took 6.5 s of CPU, 18 of 20 draws divergent, all points in "

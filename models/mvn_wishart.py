@@ -11,6 +11,7 @@ from torch.distributions import constraints
 import zoo.core.transforms  # noqa: F401  (registers biject_to(positive_definite) for NUTS and SVI)
 from zoo.core.errors import ZooError
 from zoo.core.spec import Backends, DataKey, ExactPosterior, Hyper, ModelSpec, Reference
+from zoo.inference.svi import JIT_ELBO
 
 _MU = (0.0, 0.0)
 _W0 = ((1.0, 0.0), (0.0, 1.0))
@@ -128,5 +129,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

@@ -17,6 +17,7 @@ from zoo.core.spec import (
     ModelSpec,
     Reference,
 )
+from zoo.inference.svi import JIT_ELBO
 
 
 def model(x=None, N=None, mu0=0.0, kappa0=1.0, a0=2.0, b0=2.0):
@@ -160,6 +161,7 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
         own={"cavi": CAVI},
     ),
 )

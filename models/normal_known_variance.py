@@ -16,6 +16,7 @@ from zoo.core.spec import (
     Reference,
     exact_from_scipy,
 )
+from zoo.inference.svi import JIT_ELBO
 
 
 def model(x=None, N=None, mu0=0.0, sigma0=2.0, sigma=1.0):
@@ -84,5 +85,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

@@ -16,6 +16,7 @@ from zoo.core.spec import (
     Reference,
     exact_from_scipy,
 )
+from zoo.inference.svi import JIT_ELBO
 
 
 def model(x=None, N=None, a0=2.0, b0=1.0):
@@ -80,5 +81,6 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("exact",),
+        options=JIT_ELBO,
     ),
 )

@@ -21,6 +21,7 @@ from torch.distributions import constraints
 from zoo.core import arviz_io
 from zoo.core.errors import ZooError
 from zoo.core.spec import Backend, Backends, DataKey, Fit, Hyper, ModelSpec, Scoring
+from zoo.inference.svi import JIT_ELBO
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -253,6 +254,7 @@ SPEC = ModelSpec(
     ),
     backends=Backends(
         default=("em",),
+        options=JIT_ELBO,
         own={"em": EM_BACKEND},
         skip_by_default={
             "nuts": "slow on the N x d codes z: 50 + 50 draws of one chain at N=100, D=5, d=2 took 20 s "

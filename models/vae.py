@@ -411,6 +411,6 @@ SPEC = ModelSpec(
         limits=_LIMITS,
         guides={"amortised": amortised_guide},
         default_guide="amortised",
-        options={"svi": {"num_samples": 100, "num_elbo_particles": 50}},
+        options={"svi": {"num_samples": 100, "num_elbo_particles": 50, "jit": True}},
     ),
 )

@@ -31,7 +31,7 @@ KIND = "time series"
 # the sds (ratios down to 0.24), a full-rank one holds both from the Laplace start (|z| 0.09,
 # sd ratios 0.96-1.01, 3000 steps; from the best prior draw it reached the step cap, sd 0.88)
 # (2026-11-29)
-SVI_OPTIONS = {"guide": "full_rank"}
+SVI_OPTIONS = {"guide": "full_rank", "jit": True}
 
 
 def model(K, y=None):

@@ -35,7 +35,7 @@ KIND = "linear regression"
 # from the best prior draw both Gaussian families stopped at the step cap 1.65-1.8 sd short of
 # the means; from the Laplace start, in its whitened coordinates (zoo.inference.laplace), the
 # full-rank guide converges in 2300 steps, |z| 0.06, sd ratios 0.96-0.99 (2026-11-29)
-SVI_OPTIONS = {"guide": "full_rank"}
+SVI_OPTIONS = {"guide": "full_rank", "jit": True}
 
 
 def model(mom_hs, mom_iq, kid_score=None):

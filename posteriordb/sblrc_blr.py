@@ -30,7 +30,7 @@ KIND = "linear regression"
 # coefficient correlations about 0.8: a mean-field guide gets the means (|z| 0.18) but sds down to
 # 0.47 of the posterior's; a full-rank one holds both (from the Laplace start: |z| 0.08, sd
 # ratios 0.95-0.99 at seed 0, 2300 steps; 2026-11-29)
-SVI_OPTIONS = {"guide": "full_rank"}
+SVI_OPTIONS = {"guide": "full_rank", "jit": True}
 
 
 def model(X, y=None):

@@ -280,7 +280,7 @@ def test_module_declares_its_api_and_loads_its_data(name):
     assert suite.POSTERIORDB_COMMIT in module.__doc__
     assert set(getattr(module, "NUTS_OPTIONS", {})) <= {"target_accept", "dense_mass", "max_tree_depth", "init_radius",
                                                          "noncentered", "num_warmup", "num_samples"}
-    assert set(getattr(module, "SVI_OPTIONS", {})) <= {"guide", "num_steps"}
+    assert set(getattr(module, "SVI_OPTIONS", {})) <= {"guide", "num_steps", "jit"}
     data = module.data()
     assert set(data) <= set(module.model.__code__.co_varnames[:module.model.__code__.co_argcount])
     for k, v in data.items():

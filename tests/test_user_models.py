@@ -370,6 +370,48 @@ def test_a_deterministic_site_of_a_model_that_does_not_broadcast_is_replayed_one
     np.testing.assert_array_equal(post["ab"].values, np.stack([post["a"], post["b"]], -1))
 
 
+def test_an_autoguide_of_a_model_that_does_not_broadcast_draws_all_at_once_and_right():
+    """A model written with a Python loop does not broadcast (draws one at a time), but its
+    autoguides do: svi and importance draw from them under the outer plate, after checking
+    two such draws against the guide replayed one draw at a time. A guide that stacks scalar
+    draws (as the model does) fails that check and is drawn one at a time."""
+    from pyro.infer.autoguide import AutoGuide, AutoMultivariateNormal, AutoNormal
+
+    from zoo.core.problem import float64
+    from zoo.inference.common import draws_broadcast, evaluation, prior, proposal_draws
+
+    _, data, _, _ = CASES["user_ar1"]
+    with float64():
+        problem = prepare(zoo.get_model("user_ar1"), data)
+        proposal_draws(problem, prior(problem), 2)
+        assert evaluation(problem)[0] == "vmap"  # the model itself does not broadcast
+        assert not draws_broadcast(problem, prior(problem))
+
+        class Stacked(AutoGuide):
+            def forward(self, *args, **kwargs):
+                xs = [pyro.sample(f"x_{t}", dist.Normal(0., 1.)) for t in range(data["T"])]
+                pyro.sample("path", dist.Delta(torch.stack(xs)).to_event(1))
+
+        assert not draws_broadcast(problem, Stacked(problem.model))
+        for family in (AutoNormal, AutoMultivariateNormal):
+            pyro.clear_param_store()
+            guide = family(problem.model)
+            guide()
+            assert draws_broadcast(problem, guide)
+            draws, log_q = proposal_draws(problem, guide, 4000)
+            # against the guide's own Gaussian: the joint's (full rank), AutoNormal's locs and scales
+            loc, scale = (guide.get_posterior().mean, guide.get_posterior().stddev) if family is AutoMultivariateNormal \
+                else (torch.stack([getattr(part, f"x_{t}") for t in range(6)]) for part in (guide.locs, guide.scales))
+            loc, scale = loc.detach(), scale.detach()
+            x = np.stack([draws[f"x_{t}"] for t in range(6)], -1)
+            z = (x.mean(0) - loc.numpy()) / (scale.numpy() / np.sqrt(len(x)))
+            assert np.all(np.abs(z) < 4.5), z
+            np.testing.assert_allclose(x.std(0, ddof=1) / scale.numpy(), 1, atol=0.05)  # 4.5 sds of the ratio
+            exact = guide.get_posterior().log_prob(torch.as_tensor(x)) if family is AutoMultivariateNormal \
+                else dist.Normal(loc, scale).log_prob(torch.as_tensor(x)).sum(-1)
+            np.testing.assert_allclose(log_q, exact.detach().numpy(), rtol=1e-8)
+
+
 def test_factor_counts_in_the_density_never_in_the_log_likelihood():
     res = zoo.run("user_factor", "importance", seed=0, proposal="prior", num_particles=100000)
     assert set(res.idata.log_likelihood.data_vars) == {"y"}
