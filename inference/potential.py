@@ -234,9 +234,14 @@ def build(problem: Problem, starts: dict[str, torch.Tensor]) -> Potential | str:
     """The fastest potential that equals Pyro's at every chain's start (``starts``: site
     values (C, *shape)), or the reason no batched potential can run ``problem``'s model.
 
-    Every path is compiled, checked against Pyro's potential and the model, and timed (best
-    of seven calls); ``notes`` of the result record the path taken, its time per call, each
-    path's compile time and the reasons paths were refused.
+    Every path is checked against Pyro's potential and timed as the model's own code (best of
+    seven calls); the fastest is compiled (`Potential.compile`). Compiling every path and
+    timing the graphs picked the same path or one as fast (compiled calls of 0.07-0.14 ms
+    either way on normal_gamma, beta_bernoulli, bayesian_linear_regression,
+    linear_gaussian_ssm, eight schools; the plate path's own code is the faster wherever it
+    applies) at 0.1-0.5 s of compilation per path. ``notes`` of the result record the path
+    taken, each path's time per call uncompiled, the compile time and the reasons paths were
+    refused.
     """
     if problem.discrete_sites:
         return f"discrete latent sites ({', '.join(problem.discrete_sites)}) are summed out by Pyro's kernel"
@@ -251,13 +256,12 @@ def build(problem: Problem, starts: dict[str, torch.Tensor]) -> Potential | str:
         except Exception as e:  # noqa: BLE001 - a path the model cannot run is refused with the reason
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         if reason is None:
-            pot.notes["uncompiled"] = pot.compile(z)
             passed.append((pot, z))
         else:
             refused[path] = reason
     if not passed:
         return "no batched potential equals Pyro's: " + "; ".join(f"{p}: {r}" for p, r in refused.items())
     timing = {pot.path: 1e3 * min(timeit.repeat(lambda: pot(z), number=1, repeat=7)) for pot, z in passed}
-    best, _ = min(passed, key=lambda pz: timing[pz[0].path])
-    best.notes.update(potential=best.path, potential_ms=timing, refused=refused)
+    best, z = min(passed, key=lambda pz: timing[pz[0].path])
+    best.notes.update(potential=best.path, potential_ms=timing, refused=refused, uncompiled=best.compile(z))
     return best
