@@ -415,11 +415,12 @@ def execute_draws(problem: Problem, backend: Backend, options: dict, seed: int, 
     same way, with the same warnings, and mixing diagnosed on the scored sites only (no
     InferenceData, LOO or scores)."""
     fit, posterior, seconds = _fit(problem, backend, options, seed)
-    diagnostics = dict(fit.diagnostics)
+    diagnostics: dict[str, Any] = {}
     sites = scored_sites(problem) if posterior else []
     if sites:
         idata = arviz_io.to_idata({"posterior": {k: posterior[k] for k in sites}}, {})
         diagnostics.update(scoring.mixing_summary(idata, sites, fit.kind, fit.diagnostics.get("weight_ess")))
+    diagnostics.update(fit.diagnostics)  # what the back-end measured wins, as in `execute`
     _warn(problem, label, fit.kind, diagnostics, next(iter(posterior.values())).shape[0] if posterior else 0)
     return Draws(problem.name, label, posterior or {}, fit.kind, seconds, diagnostics)
 
