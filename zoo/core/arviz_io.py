@@ -37,16 +37,20 @@ ELBO_PANELS = 3  # optimisation-trace panels to a row (7 in one row overlapped t
 @contextmanager
 def quiet() -> Iterator[None]:
     """Silence the warnings a call into ArviZ (and xarray, numpy under it) prints, and its log
-    messages ("Shape validation failed" for one chain)."""
-    logger = logging.getLogger("arviz")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    messages ("Shape validation failed" for one chain). ArviZ 0.23 logs through ``arviz._log``,
+    a Logger it builds itself and never registers, so ``logging.getLogger("arviz")`` is another
+    object: both are silenced."""
+    loggers = {logging.getLogger("arviz"), getattr(az, "_log", logging.getLogger("arviz"))}
+    levels = {logger: logger.level for logger in loggers}
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 def _unique_dims(values: Mapping[str, np.ndarray], dims: Mapping[str, list[str]], offset: int) -> dict[str, list[str]]:
