@@ -45,6 +45,8 @@
 import time
 import warnings
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

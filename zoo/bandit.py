@@ -70,7 +70,8 @@ def simulate_bandit(probs: Sequence[float], horizon: int, policy: str = "thompso
         posterior) or any back-end of ``bernoulli_bandit`` (``nuts``, ``svi``, ``importance``,
         ``hmc``), fitted as `zoo.run` fits it (`zoo.api.run_draws`) on the history so far every
         ``refit`` rounds; its draws are used one per round, in random order, until the next
-        refit (cycling if there are fewer draws than rounds). Before the first refit the draws come from the prior.
+        refit (cycling if there are fewer draws than rounds). Before the first refit the draws
+        come from the prior.
     seed : the same seed gives the same rounds. Rewards come from their own stream, so every
         policy meets the same reward sequence for each arm at a given seed.
     refit : update the posterior every ``refit`` rounds (the exact posterior too, so that
