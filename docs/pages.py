@@ -29,6 +29,11 @@ from zoo.core.files import jsonable  # noqa: E402
 
 GALLERY_FILES = "gallery/files"  # relative to docs/: what docs/gallery.py writes (committed)
 PERF_JSON = ROOT / "benchmarks" / "results" / "perf.json"
+PEER_FIRST = ["model", "zoo", "chains", "numpyro_chain_method", "ess_per_s_ratio_zoo_over_numpyro_cold",
+              "ess_per_s_ratio_zoo_over_numpyro_warm", "zoo_ess_bulk_per_s", "numpyro_ess_bulk_per_s_cold",
+              "numpyro_ess_bulk_per_s_warm"]
+"""The peer table's columns a reader compares (the ratios first), before the seconds and ESS
+they come from."""
 SBC_REPORT = ROOT / "benchmarks" / "results" / "sbc_report.jsonl"
 POSTERIORDB_JSON = ROOT / "benchmarks" / "results" / "posteriordb.json"
 
@@ -89,6 +94,12 @@ def copy_notebooks(docs: Path) -> None:
         content = json.loads(nb.read_text())
         content["metadata"]["html_theme.sidebar_secondary.remove"] = True
         write_if_changed(docs / "notebooks" / nb.name, json.dumps(content, indent=1, ensure_ascii=False) + "\n")
+
+
+def leading(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
+    """``frame`` with the columns of ``first`` it has moved to the front, in that order."""
+    cols = [c for c in first if c in frame]
+    return frame[cols + [c for c in frame if c not in cols]]
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -251,9 +262,10 @@ def benchmark_page() -> str:
         if perf.get("comparison"):
             parts += ["NUTS against NumPyro in the same run (bulk ESS per second; cold: NumPyro's first run, "
                       "compilation included; warm: its second run):", "",
-                      markdown_table(pd.DataFrame(perf["comparison"])), ""]
+                      markdown_table(leading(pd.DataFrame(perf["comparison"]), PEER_FIRST)), ""]
         if perf.get("peer"):
-            parts += ["NumPyro's runs:", "", markdown_table(pd.DataFrame(perf["peer"])), ""]
+            parts += ["NumPyro's runs:", "",
+                      markdown_table(leading(pd.DataFrame(perf["peer"]), ["model", "chain_method", "num_chains"])), ""]
     else:
         parts += [f"Missing: `{os.path.relpath(PERF_JSON, ROOT)}`. Write it with "
                   "`python benchmarks/perf.py --out benchmarks/results/perf.json`.", ""]
