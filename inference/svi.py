@@ -96,7 +96,8 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     by ``torch.jit``: the same estimator, fewer Python calls a step (with the assignments
     enumerated: 4.7 against 8.8 ms a step on ``mixture_ppca``, the same steps to converge). The
     trace freezes Python control flow, so a model must not branch on a latent value (``if
-    mu > 0:``); the catalogue's mixtures set it in their ``Backends.options``.
+    mu > 0:``); the catalogue's models that were read for it set it in their ``Backends.options``
+    (`JIT_ELBO`, `JIT_ELBO_ENUM`).
 
     ``checkpoint`` (a file path): every ``checkpoint_every`` steps the guide's parameters, the
     optimiser's state, the schedule's state, the random number generators' state and the ELBO

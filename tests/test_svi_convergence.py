@@ -249,7 +249,7 @@ def test_the_convergence_rule_resumes_bit_identically(tmp_path, monkeypatch):
 
 
 def test_a_compiled_elbo_resumes_bit_identically(tmp_path, monkeypatch):
-    """The catalogue's mixtures train with Pyro's compiled ELBO (``jit``, `JIT_ELBO`); a run
+    """The catalogue's mixtures train with Pyro's compiled ELBO (``jit``, `JIT_ELBO_ENUM`); a run
     killed after its first checkpoint resumes to the same ELBO trace and draws (the compiled
     function is traced again on resume and draws the same random numbers)."""
     assert zoo.get_model("gaussian_mixture").backends.options["enum"]["jit"] is True
