@@ -60,6 +60,13 @@ def posterior_params(arm: np.ndarray, y: np.ndarray, K: int, alpha: float,
     arm = np.asarray(arm, dtype=int)
     pulls = np.bincount(arm, minlength=K).astype(float)
     wins = np.bincount(arm, weights=np.asarray(y, dtype=float), minlength=K)
+    return count_params(pulls, wins, alpha, beta)
+
+
+def count_params(pulls: np.ndarray, wins: np.ndarray, alpha: float,
+                 beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-arm Beta posterior parameters from each arm's plays and successes, shape (K,) each:
+    ``(alpha + wins, beta + pulls - wins)``."""
     return alpha + wins, beta + pulls - wins
 
 

@@ -126,7 +126,8 @@ def simulate_bandit(probs: Sequence[float], horizon: int, policy: str = "thompso
     for t in range(horizon):
         if policy == "thompson":
             if t % refit == 0:
-                draws, seconds = _thompson_draws(arms[:t], rewards[:t], backend, rng, prior,
+                exact = bernoulli_bandit.count_params(pulls, wins, prior["alpha"], prior["beta"])
+                draws, seconds = _thompson_draws(arms[:t], rewards[:t], exact, backend, rng, prior,
                                                  min(refit, horizon - t), options)
                 inference_seconds += seconds
                 used = 0
@@ -178,8 +179,9 @@ def thompson_draws(arm: Any, y: Any, K: int, num: int = 1000, backend: str = "ex
         prepare(registry.get_model(MODEL), {"arm": arm, "y": y}, prior)  # ZooError on bad history
     if backend != "exact":
         options = {**REFIT_OPTIONS.get(backend, {}), "progress": False, **options}
-    return _thompson_draws(np.asarray(arm), np.asarray(y), backend, np.random.default_rng(seed),
-                           prior, num, options)[0]
+    arm, y = np.asarray(arm), np.asarray(y)
+    exact = bernoulli_bandit.posterior_params(arm, y, K, prior["alpha"], prior["beta"])
+    return _thompson_draws(arm, y, exact, backend, np.random.default_rng(seed), prior, num, options)[0]
 
 
 def _prior(hyper: Mapping[str, Any], K: int) -> dict[str, Any]:
@@ -190,12 +192,15 @@ def _prior(hyper: Mapping[str, Any], K: int) -> dict[str, Any]:
     return {"K": K, "alpha": float(np_h["alpha"]), "beta": float(np_h["beta"])}
 
 
-def _thompson_draws(arm: np.ndarray, y: np.ndarray, backend: str, rng: np.random.Generator,
-                    prior: dict[str, Any], num: int, options: dict) -> tuple[np.ndarray, float]:
-    """Draws of p, shape (draws, K), and the seconds the back-end spent."""
+def _thompson_draws(arm: np.ndarray, y: np.ndarray, exact: tuple[np.ndarray, np.ndarray], backend: str,
+                    rng: np.random.Generator, prior: dict[str, Any], num: int,
+                    options: dict) -> tuple[np.ndarray, float]:
+    """Draws of p, shape (draws, K), and the seconds the back-end spent; ``exact`` is the
+    history's Beta posterior ``(alpha_n, beta_n)``, drawn from on ``exact`` and before any play
+    (the player keeps it as running counts: recounting the history each round made a 5000-round
+    game quadratic)."""
     if backend == "exact" or len(arm) == 0:
-        alpha_n, beta_n = bernoulli_bandit.posterior_params(arm, y, prior["K"], prior["alpha"], prior["beta"])
-        return rng.beta(alpha_n, beta_n, size=(num, prior["K"])), 0.0
+        return rng.beta(*exact, size=(num, prior["K"])), 0.0
     res = run_draws(MODEL, backend, data={"arm": arm, "y": y}, seed=int(rng.integers(2**31)), hyper=prior, **options)
     return rng.permutation(res.draws("p")), res.seconds
 
