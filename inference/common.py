@@ -253,9 +253,10 @@ def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
     return {k: tensor(k, v[start]) for k, v in draws.items()}
 
 
-def enumerated(problem: Problem) -> Callable[..., Any]:
-    """The model with every discrete site enumerated in parallel (for marginalisation)."""
-    return config_enumerate(problem.model, default="parallel")
+def enumerated(problem: Problem, model: Callable[..., Any] | None = None) -> Callable[..., Any]:
+    """The model (or ``model`` in its place, such as a shard of its data) with every discrete
+    site enumerated in parallel (for marginalisation)."""
+    return config_enumerate(model or problem.model, default="parallel")
 
 
 def elbo_for(problem: Problem, *, jit: bool = False, **options: Any) -> ELBO:

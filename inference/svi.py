@@ -149,7 +149,7 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     optim = Adam(args, average, whiten)
     schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q), search=not warmed) if converge else None
     elbo = elbo_for(problem, jit=jit, num_particles=num_particles, vectorize_particles=num_particles > 1)
-    objective = enumerated(problem) if discrete else model
+    objective = enumerated(problem, model) if discrete else model
     svi = SVI(objective, q, optim, elbo)
     trace: list[float] = []
     ckpt = Checkpoint(checkpoint, run_key(problem, {

@@ -106,6 +106,26 @@ def test_the_laplace_start_sums_out_discrete_sites():
     assert set(np.unique(res.idata.posterior["group"].values)) == {0.0, 1.0}
 
 
+def test_the_model_given_in_place_is_trained_with_discrete_sites_summed_out():
+    """`svi.fit_guide`'s ``model`` (data-parallel SVI's shard of the data) replaces the
+    problem's model in the ELBO when discrete sites are enumerated too: the ELBO traces it at
+    every step (it trained on the problem's own model, tracing the one given only to build
+    the guide)."""
+    x = np.where(np.random.default_rng(1).random(60) < 0.3, 2.0, -2.0)
+    zoo.register("user_two_groups", user_two_groups, data={"x": x}, overwrite=True)
+    calls = []
+    with float64():
+        problem = prepare(zoo.get_model("user_two_groups"), {"x": x})
+
+        def shard(*args, **kwargs):
+            calls.append(1)
+            return problem.model(*args, **kwargs)
+
+        svi.fit_guide(problem, guide="mean_field", seed=0, num_steps=5, lr=0.05, lr_decay=1.0,
+                      num_particles=1, progress=False, converge=False, model=shard)
+    assert len(calls) >= 5, len(calls)
+
+
 def test_default_svi_holds_the_means_of_a_strongly_correlated_posterior():
     """From the Laplace start, with its steps whitened by the Laplace covariance, default
     (mean-field) svi keeps the exact means (within 0.25 sd) and reaches the mean-field
