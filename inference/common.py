@@ -255,8 +255,9 @@ def _values(problem: Problem, draws: dict[str, np.ndarray], start: int, n: int,
 
 def enumerated(problem: Problem, model: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """The model (or ``model`` in its place, such as a shard of its data) with every discrete
-    site enumerated in parallel (for marginalisation)."""
-    return config_enumerate(model or problem.model, default="parallel")
+    site enumerated in parallel (for marginalisation); as it is where ``problem`` has none."""
+    model = model or problem.model
+    return config_enumerate(model, default="parallel") if problem.discrete_sites else model
 
 
 def elbo_for(problem: Problem, *, jit: bool = False, **options: Any) -> ELBO:

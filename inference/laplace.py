@@ -93,7 +93,7 @@ def _laplace(problem: Problem, start: dict[str, torch.Tensor]) -> Laplace | str:
     # -log p(data, z) on the unconstrained scale (the Delta guide's log density is the
     # Jacobian's); with the discrete sites summed out where the model has them
     elbo = elbo_for(problem)
-    model = enumerated(problem) if problem.discrete_sites else problem.model
+    model = enumerated(problem)
     lbfgs = torch.optim.LBFGS([q.loc], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-10,
                               tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
 

@@ -277,7 +277,7 @@ def run_chains(problem: Problem, make_kernel, *, seed: int, num_samples: int, nu
     takes finished chains from disk and runs only the rest: a killed process loses at most
     the chain it was running. Ctrl-C (KeyboardInterrupt) returns the chains finished so far.
     """
-    model = enumerated(problem) if problem.discrete_sites else problem.model
+    model = enumerated(problem)
     store = ChainStore(checkpoint, problem, {**(settings or {}), "seed": seed, "num_samples": num_samples,
                                             "num_warmup": num_warmup}) if checkpoint else None
     chains, interrupted = [], False

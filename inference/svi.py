@@ -123,7 +123,6 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     seed_all(seed)
     pyro.clear_param_store()
     model = model or problem.model
-    discrete = list(problem.discrete_sites)
     start: Laplace | str = ""  # the Laplace start, or why it was refused ("": not tried)
     whiten = None  # a mean-field guide's locations step in the Laplace start's whitened coordinates
     if guide in problem.spec.backends.guides:  # the model's own guide (an amortised encoder)
@@ -149,7 +148,7 @@ def fit_guide(problem: Problem, *, guide: str, seed: int, num_steps: int, lr: fl
     optim = Adam(args, average, whiten)
     schedule = Schedule(lr, lr * lr_decay, num_steps, gaussian_parts(q), search=not warmed) if converge else None
     elbo = elbo_for(problem, jit=jit, num_particles=num_particles, vectorize_particles=num_particles > 1)
-    objective = enumerated(problem, model) if discrete else model
+    objective = enumerated(problem, model)
     svi = SVI(objective, q, optim, elbo)
     trace: list[float] = []
     ckpt = Checkpoint(checkpoint, run_key(problem, {
